@@ -1,0 +1,77 @@
+"""Pictures and tables of a run: training loss, confusion matrices, the before -> after comparison."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report  # noqa: E402
+
+from lm_eval_tasks.tweet_sentiment.utils import INVALID, LABELS  # noqa: E402
+
+SHOWN_METRICS = ("acc", "macro_f1", "invalid")
+ANSWER_NAMES = [*LABELS, "invalid"]
+
+
+def plot_training_loss(history: list[dict], path: Path) -> None:
+    """Training and validation loss by step, from the Trainer's log history."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "validation")):
+        points = [(row["step"], row[key]) for row in history if key in row]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+    ax.set(xlabel="step", ylabel="loss (answer tokens)", title="training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _answer_index(pred: int) -> int:
+    return len(LABELS) if pred == INVALID else pred
+
+
+def plot_confusion(pairs: list[tuple[int, int]], path: Path, title: str) -> None:
+    """Gold rows against answered columns; invalid answers get a column of their own."""
+    golds = [LABELS[g] for g, _ in pairs]
+    preds = [ANSWER_NAMES[_answer_index(p)] for _, p in pairs]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(golds, preds, labels=ANSWER_NAMES, ax=ax, colorbar=False)
+    ax.set_ylim(len(LABELS) - 0.5, -0.5)
+    ax.set(title=title, ylabel="gold", xlabel="answer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def class_report(pairs: list[tuple[int, int]]) -> str:
+    golds, preds = zip(*pairs)
+    return classification_report(golds, preds, labels=[0, 1, 2], target_names=list(LABELS), digits=3, zero_division=0)
+
+
+def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A Markdown table: one row per model and variant, with accuracy, macro-F1 and invalid rate."""
+    lines = ["| model | variant | " + " | ".join(SHOWN_METRICS) + " |", "|---|---|" + "---|" * len(SHOWN_METRICS)]
+    for model, variants in results.items():
+        for variant, metrics in variants.items():
+            cells = " | ".join(f"{metrics[m]:.3f}" for m in SHOWN_METRICS)
+            lines.append(f"| {model} | {variant} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot_comparison(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """Macro-F1 of every model, one group of bars per task variant."""
+    variants = sorted({v for per_model in results.values() for v in per_model})
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(1.5 + 2.2 * len(variants), 4))
+    for i, (model, per_variant) in enumerate(results.items()):
+        xs = [j + i * width for j in range(len(variants))]
+        bars = ax.bar(xs, [per_variant[v]["macro_f1"] for v in variants], width, label=model)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(variants))], variants)
+    ax.set(ylabel="macro-F1", ylim=(0, 1), title="tweet_sentiment, pinned test split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

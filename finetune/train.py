@@ -1,0 +1,63 @@
+"""`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers."""
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_kbit_device_map, get_peft_config, get_quantization_config
+
+from finetune.config import TaskArguments
+from finetune.data import load_task, training_sets
+from finetune.model import resolve_model
+from finetune.report import plot_training_loss
+
+TRAIN_LOG = "train_log.json"
+
+
+def compute_dtype(sft: SFTConfig) -> torch.dtype:
+    """The base weights' dtype follows the mixed-precision mode; peft keeps the LoRA weights in fp32,
+    which fp16's gradient scaler needs (it cannot unscale bf16 gradients)."""
+    if sft.bf16:
+        return torch.bfloat16
+    if sft.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_base_for_training(model_args: ModelConfig, sft: SFTConfig) -> PreTrainedModel:
+    dtype = compute_dtype(sft)
+    model_args.dtype = dtype
+    quantization = get_quantization_config(model_args)
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model(model_args.model_name_or_path),
+        revision=model_args.model_revision,
+        dtype=dtype,
+        quantization_config=quantization,
+        device_map=get_kbit_device_map() if quantization else None,
+        attn_implementation=model_args.attn_implementation,
+    )
+
+
+def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
+    """Train, keep the adapter with the lowest validation loss, and save it with its loss curve."""
+    train_set, eval_set = training_sets(load_task(task_args.task), task_args.train_limit, task_args.eval_limit)
+    base_path = resolve_model(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(base_path, revision=model_args.model_revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    trainer = SFTTrainer(
+        model=load_base_for_training(model_args, sft),
+        args=sft,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=True if task_args.resume else None)
+    out = Path(sft.output_dir)
+    trainer.save_model(str(out))
+    history = trainer.state.log_history
+    (out / TRAIN_LOG).write_text(json.dumps(history, indent=1))
+    plot_training_loss(history, out / "training_loss.png")
+    return out
