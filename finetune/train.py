@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from trl import ModelConfig, SFTConfig, SFTTrainer, get_kbit_device_map, get_peft_config, get_quantization_config
+from accelerate import PartialState
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config, get_quantization_config
 
 from finetune.config import TaskArguments
 from finetune.data import load_task, training_sets
@@ -34,7 +35,8 @@ def load_base_for_training(model_args: ModelConfig, sft: SFTConfig) -> PreTraine
         revision=model_args.model_revision,
         dtype=dtype,
         quantization_config=quantization,
-        device_map=get_kbit_device_map() if quantization else None,
+        # k-bit weights cannot be moved after loading: place them on this process's GPU now
+        device_map={"": PartialState().local_process_index} if quantization else None,
         attn_implementation=model_args.attn_implementation,
     )
 

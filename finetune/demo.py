@@ -1,0 +1,26 @@
+"""`finetune demo`: the whole job on a laptop CPU, offline: train the quick preset on the embedded model,
+then score base and adapter with the benchmark and show before -> after."""
+
+import time
+from pathlib import Path
+
+from finetune.config import parse_train_args
+from finetune.evaluate import evaluate, write_report
+from finetune.train import train
+
+DEMO_PRESET = "embedded-cpu-quick"
+
+
+def demo(out: Path, overrides: list[str]) -> str:
+    started = time.perf_counter()
+    task_args, sft, model_args = parse_train_args([DEMO_PRESET, "--output_dir", str(out / "adapter"), *overrides])
+    adapter = train(task_args, sft, model_args)
+    trained = time.perf_counter()
+    evaluation = evaluate(model_args.model_name_or_path, [str(adapter)])
+    text = write_report(evaluation, out / "report")
+    done = time.perf_counter()
+    timing = (
+        f"\ntrain {trained - started:.0f} s, evaluate base + adapter {done - trained:.0f} s, "
+        f"total {done - started:.0f} s; report in {out / 'report'}\n"
+    )
+    return text + timing

@@ -1,0 +1,80 @@
+"""Fixtures: a tiny random Llama with a tokenizer trained in-process on the pinned tweets, offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR, LABELS, PROMPT  # noqa: E402
+
+EOS = "<|end|>"
+
+
+def train_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE of ~800 tokens, learned from the pinned tweets and the prompt."""
+    import json
+
+    texts = [json.loads(line)["text"] for line in (DATA_DIR / "train.jsonl").read_text().splitlines()]
+    texts += [PROMPT] * 50 + [" " + " ".join(LABELS)] * 50
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=EOS)
+
+
+def tiny_llama(vocab_size: int, eos_id: int) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        bos_token_id=eos_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny Llama folder, usable wherever a Hub id is."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tokenizer = train_tokenizer()
+    model = tiny_llama(len(tokenizer), tokenizer.eos_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
+
+
+def train_tiny(model_dir: Path, out: Path, *overrides: str) -> Path:
+    """Run `finetune train tests/tiny.yaml` on the tiny model."""
+    from finetune.config import parse_train_args
+    from finetune.train import train
+
+    argv = [str(TINY_CONFIG), "--model_name_or_path", str(model_dir), "--output_dir", str(out), *overrides]
+    return train(*parse_train_args(argv))
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter trained for a few steps on the tiny model."""
+    return train_tiny(tiny_model_dir, tmp_path_factory.mktemp("adapters") / "tiny-adapter")
