@@ -6,7 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, classification_report  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
 from lm_eval_tasks.tweet_sentiment.utils import INVALID, LABELS  # noqa: E402
 
@@ -34,11 +35,16 @@ def _answer_index(pred: int) -> int:
 
 def plot_confusion(pairs: list[tuple[int, int]], path: Path, title: str) -> None:
     """Gold rows against answered columns; invalid answers get a column of their own."""
-    golds = [LABELS[g] for g, _ in pairs]
-    preds = [ANSWER_NAMES[_answer_index(p)] for _, p in pairs]
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ConfusionMatrixDisplay.from_predictions(golds, preds, labels=ANSWER_NAMES, ax=ax, colorbar=False)
-    ax.set_ylim(len(LABELS) - 0.5, -0.5)
+    golds = [g for g, _ in pairs]
+    answers = [_answer_index(p) for _, p in pairs]
+    matrix = confusion_matrix(golds, answers, labels=range(len(ANSWER_NAMES)))[: len(LABELS)]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(col, row, str(count), ha="center", va="center", color=color)
+    ax.set_xticks(range(len(ANSWER_NAMES)), ANSWER_NAMES)
+    ax.set_yticks(range(len(LABELS)), LABELS)
     ax.set(title=title, ylabel="gold", xlabel="answer")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -41,14 +41,15 @@ def load_base_for_training(model_args: ModelConfig, sft: SFTConfig) -> PreTraine
     )
 
 
-def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
-    """Train, keep the adapter with the lowest validation loss, and save it with its loss curve."""
+def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
+    """An SFTTrainer on the task's prompt-completion pairs: loss on the answer and EOS only."""
     train_set, eval_set = training_sets(load_task(task_args.task), task_args.train_limit, task_args.eval_limit)
-    base_path = resolve_model(model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(base_path, revision=model_args.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model(model_args.model_name_or_path), revision=model_args.model_revision
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=load_base_for_training(model_args, sft),
         args=sft,
         train_dataset=train_set,
@@ -56,6 +57,11 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> 
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+
+
+def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
+    """Train, keep the adapter with the lowest validation loss, and save it with its loss curve."""
+    trainer = build_trainer(task_args, sft, model_args)
     trainer.train(resume_from_checkpoint=True if task_args.resume else None)
     out = Path(sft.output_dir)
     trainer.save_model(str(out))

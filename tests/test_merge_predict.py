@@ -1,0 +1,58 @@
+"""`finetune merge` gives a plain model equal to base + adapter; `finetune predict` labels every row."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from finetune.cli import main
+from finetune.predict import BadInput, read_rows
+
+TWEETS = ["I love this so much", "worst day ever", "the bus comes at nine", ""]
+
+
+def test_merged_model_loads_plainly_and_matches_the_adapter(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
+    main(["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path), "--dtype", "float32"])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
+    ids = torch.arange(1, 30).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_merge_defaults_to_16_bit(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
+    main(["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path)])
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_predict_labels_every_row(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, suffix: str) -> None:
+    source = tmp_path / f"in{suffix}"
+    if suffix == ".jsonl":
+        source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TWEETS)))
+    else:
+        source.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TWEETS)))
+    out = tmp_path / "labeled.jsonl"
+    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--input", str(source), "--output", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [str(r["id"]) for r in rows] == [str(i) for i in range(len(TWEETS))]
+    assert all(r["prediction"] in ("negative", "neutral", "positive") for r in rows)
+    assert all(1 / 3 <= r["confidence"] <= 1 for r in rows)
+
+
+def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "fine"}\n{"text": 3}\n')
+    with pytest.raises(BadInput, match=rf"{source}:2: expected an object with a string `text`"):
+        read_rows(source)
+    source.write_text('{"text": "fine"}\n\n{"text": \n')
+    with pytest.raises(BadInput, match=rf"{source}:3: not valid JSON"):
+        read_rows(source)
+    table = tmp_path / "in.csv"
+    table.write_text("id,tweet\n1,hello\n")
+    with pytest.raises(BadInput, match=rf"{table}:1: the CSV header has no `text` column"):
+        read_rows(table)

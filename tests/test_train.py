@@ -1,0 +1,82 @@
+"""`finetune train`: configs, the completion-only training text, the loss, the best adapter, resuming."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune.config import parse_train_args
+from finetune.data import load_task
+from finetune.train import build_trainer
+
+from conftest import TINY_CONFIG, train_tiny
+
+
+def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text(TINY_CONFIG.read_text() + "lora_rank: 8\n")
+    with pytest.raises(ValueError, match="lora_rank"):
+        parse_train_args([str(config)])
+
+
+def test_config_flags_override_the_yaml() -> None:
+    task_args, sft, model_args = parse_train_args([str(TINY_CONFIG), "--lora_r", "4", "--train_limit", "10"])
+    assert (model_args.lora_r, task_args.train_limit, sft.max_steps) == (4, 10, 6)
+
+
+def test_presets_are_found_by_name() -> None:
+    _, sft, model_args = parse_train_args(["llama-3.1-8b-qlora"])
+    assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4" and sft.fp16
+    with pytest.raises(SystemExit, match="embedded-cpu-quick"):
+        parse_train_args(["no-such-preset"])
+
+
+def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+    task_args, sft, model_args = parse_train_args(
+        [str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path)]
+    )
+    trainer = build_trainer(task_args, sft, model_args)
+    tokenizer = trainer.processing_class
+    doc = load_task().training_docs()[0]
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    answer = [i for i, label in enumerate(labels) if label != -100]
+    prompt_ids = ids[: answer[0]]
+    assert tokenizer.decode(prompt_ids) == load_task().doc_to_text(doc)
+    assert tokenizer.decode([ids[i] for i in answer]) == " " + doc["label_text"] + tokenizer.eos_token
+    assert answer == list(range(answer[0], len(ids))), "the answer is one run of tokens at the end"
+    assert all(labels[i] == ids[i] for i in answer)
+
+
+def test_loss_is_finite_and_falls(tiny_adapter_dir: Path) -> None:
+    history = json.loads((tiny_adapter_dir / "train_log.json").read_text())
+    losses = [row["loss"] for row in history if "loss" in row]
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0]
+    assert (tiny_adapter_dir / "training_loss.png").stat().st_size > 0
+
+
+def test_the_saved_adapter_is_the_best_checkpoint(tiny_adapter_dir: Path) -> None:
+    state = json.loads((tiny_adapter_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    best = Path(state["best_model_checkpoint"]).name
+    evals = {row["step"]: row["eval_loss"] for row in state["log_history"] if "eval_loss" in row}
+    assert best == f"checkpoint-{min(evals, key=evals.get)}"
+    saved = load_file(tiny_adapter_dir / "adapter_model.safetensors")
+    kept = load_file(tiny_adapter_dir / best / "adapter_model.safetensors")
+    assert saved.keys() == kept.keys()
+    assert all(torch.equal(saved[k], kept[k]) for k in saved)
+
+
+def test_resume_continues_from_the_last_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    train_tiny(tiny_model_dir, out, "--max_steps", "3")
+    capfd.readouterr()
+    train_tiny(tiny_model_dir, out, "--max_steps", "6", "--resume", "true", "--log_level", "info")
+    assert f"Loading model from {out / 'checkpoint-3'}" in capfd.readouterr().err
+    steps = [row["step"] for row in json.loads((out / "train_log.json").read_text()) if "loss" in row]
+    assert steps == [1, 2, 3, 4, 5, 6]
