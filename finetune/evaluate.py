@@ -119,7 +119,7 @@ def write_report(evaluation: Evaluation, out: Path) -> str:
     sections = [report.table(evaluation.results)]
     for model, per_variant in evaluation.pairs.items():
         for variant, pairs in per_variant.items():
-            report.plot_confusion(pairs, out / f"confusion_{model}_{variant}.png", f"{model} · {variant}")
+            report.plot_confusion(pairs, out / f"confusion_{model.replace('/', '--')}_{variant}.png", f"{model} · {variant}")
             sections.append(f"### {model} · {variant}\n\n```\n{report.class_report(pairs)}```")
     for name, source in evaluation.adapters.items():
         log = Path(source) / TRAIN_LOG
