@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from lm_eval.models.huggingface import HFLM
 
 from finetune.data import load_task
@@ -64,7 +65,8 @@ def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
 
 def predict(model: str, adapter: str | None, source: Path, dest: Path, batch_size: int = 16) -> int:
     rows = read_rows(source)
-    lm = HFLM(pretrained=resolve_model(model), peft=adapter, batch_size=batch_size)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lm = HFLM(pretrained=resolve_model(model), peft=adapter, batch_size=batch_size, device=device)
     labeled = label_rows(lm, rows)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("w", encoding="utf-8") as f:

@@ -1,6 +1,7 @@
 """`finetune train`: configs, the completion-only training text, the loss, the best adapter, resuming."""
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -71,12 +72,13 @@ def test_the_saved_adapter_is_the_best_checkpoint(tiny_adapter_dir: Path) -> Non
 
 
 def test_resume_continues_from_the_last_checkpoint(
-    tiny_model_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "run"
     train_tiny(tiny_model_dir, out, "--max_steps", "3")
-    capfd.readouterr()
-    train_tiny(tiny_model_dir, out, "--max_steps", "6", "--resume", "true", "--log_level", "info")
-    assert f"Loading model from {out / 'checkpoint-3'}" in capfd.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="transformers.trainer"):
+        train_tiny(tiny_model_dir, out, "--max_steps", "6", "--resume", "true")
+    assert f"Loading model from {out / 'checkpoint-3'}" in caplog.text
     steps = [row["step"] for row in json.loads((out / "train_log.json").read_text()) if "loss" in row]
     assert steps == [1, 2, 3, 4, 5, 6]
