@@ -124,10 +124,10 @@ def report_results(report: Path, adapter: Path) -> dict[str, dict[str, dict[str,
 
 def merge_adapter(base: Base, adapter: Path, out: Path) -> Path:
     """The merged 16-bit model, written where the commit will read it from."""
-    from finetune.model import merge  # heavy (torch, transformers, peft): only for --merged
-
     if not base.finetune:
         raise SystemExit(f"{adapter}/adapter_config.json does not name its base model, so it cannot be merged")
+    from finetune.model import merge  # heavy (torch, transformers, peft): only for --merged
+
     return merge(base.finetune, str(adapter), out)
 
 
@@ -177,6 +177,8 @@ def model_card(
     revision: str | None,
     license: str,
 ) -> ModelCard:
+    """The card a Hub user reads first: what this is, how it was trained, what it scores, how to check.
+    Its YAML header (base model, library, dataset, model-index) is what the Hub indexes and searches."""
     data = ModelCardData(
         base_model=base.hub_id,
         library_name="transformers" if merged else "peft",
@@ -184,13 +186,14 @@ def model_card(
         pipeline_tag="text-generation",
         tags=[*TAGS, *(["merged"] if merged else [])],
         license=license,
-        model_name=repo.split("/")[1],
+        # the model-index names the model; without results there is no model-index to name it in
+        model_name=repo.split("/")[1] if results else None,
         eval_results=eval_results(results) if results else None,
     )
     sections = [
         intro(repo, base, merged, revision),
         training_section(config, log),
-        results_section(results),
+        results_section(results, merged),
         reproduce_section(repo, base, merged),
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
@@ -225,19 +228,28 @@ def training_section(config: dict, log: list[dict]) -> str:
         ("train loss", next((row["train_loss"] for row in log if "train_loss" in row), None)),
         ("best validation loss", min((row["eval_loss"] for row in log if "eval_loss" in row), default=None)),
     ]
-    table = "\n".join(f"| {name} | {_cell(value)} |" for name, value in rows if value not in (None, ""))
+    table = "\n".join(
+        f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |"
+        for name, value in rows
+        if value not in (None, "")
+    )
     return f"## Training\n\n| setting | value |\n|---|---|\n{table}"
 
 
-def results_section(results: dict | None) -> str:
+def results_section(results: dict | None, merged: bool) -> str:
     if not results:
         return "## Results\n\nNo evaluation was published with this model (`finetune push --report` adds it)."
     lines = ["| variant | accuracy | macro-F1 | invalid answers |", "|---|---|---|---|"]
     for variant, after in sorted(results["adapter"].items()):
         before = results["base"].get(variant, {})
-        cells = [f"{_cell(before.get(m))} → {_cell(after[m])}" for m in ("acc", "macro_f1", "invalid")]
+        cells = [f"{_score(before.get(m))} → {_score(after.get(m))}" for m in ("acc", "macro_f1", "invalid")]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "## Results: base → fine-tuned\n\ntweet_sentiment through lm-eval, as `finetune evaluate` measured it.\n\n" + "\n".join(lines)
+    source = "the base with the adapter, before merging" if merged else "the base with the adapter"
+    return (
+        "## Results: base → fine-tuned\n\n"
+        f"tweet_sentiment through lm-eval, as `finetune evaluate` measured the base alone and {source}.\n\n"
+        + "\n".join(lines)
+    )
 
 
 def reproduce_section(repo: str, base: Base, merged: bool) -> str:
@@ -250,8 +262,8 @@ def reproduce_section(repo: str, base: Base, merged: bool) -> str:
     )
 
 
-def _cell(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else "–" if value is None else str(value)
+def _score(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def upload(
