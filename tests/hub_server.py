@@ -124,10 +124,6 @@ class Request:
     user: str | None
     status: int = 0
 
-    @property
-    def is_write(self) -> bool:
-        return self.method in ("POST", "PUT", "DELETE") and not self.path.startswith("/api/validate-yaml")
-
 
 class HubServer:
     """Run with `with HubServer() as hub:`; `hub.url` is what `HF_ENDPOINT` should be."""
@@ -166,9 +162,6 @@ class HubServer:
         """Commits made through the commit API, oldest first (not the repo's initial commit)."""
         commits = self.repo(repo_id, repo_type).commits.values()
         return [c for c in commits if c.parent is not None]
-
-    def writes(self) -> list[Request]:
-        return [r for r in self.requests if r.is_write]
 
     # The API.
 
