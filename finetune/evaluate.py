@@ -42,11 +42,22 @@ def adapter_names(adapters: list[str]) -> dict[str, str]:
     return names
 
 
+def read_adapter_config(source: str) -> PeftConfig:
+    """peft's config of an adapter folder or Hub repo; peft says only "can't find" for a missing repo
+    and for an unreachable Hub alike, so the message names both."""
+    try:
+        return PeftConfig.from_pretrained(source)
+    except ValueError as err:
+        raise SystemExit(
+            f"no adapter at {source}: not a folder with adapter_config.json, nor a Hub repo reachable from here ({err})"
+        ) from None
+
+
 def load_with_adapters(
     base: str, adapters: dict[str, str], dtype: torch.dtype, allow_other_base: bool = False
 ) -> PreTrainedModel | PeftModel:
     """Load the base once and attach every adapter, refusing any that does not fit before any scoring."""
-    configs = {name: PeftConfig.from_pretrained(source) for name, source in adapters.items()}
+    configs = {name: read_adapter_config(source) for name, source in adapters.items()}
     model = AutoModelForCausalLM.from_pretrained(
         base, dtype=dtype, device_map="auto" if torch.cuda.is_available() else None
     )
