@@ -13,7 +13,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     from finetune.evaluate import evaluate, write_report
 
     evaluation = evaluate(
-        args.base, args.adapter, args.tasks, args.limit, args.batch_size, DTYPES[args.dtype], args.allow_other_base
+        args.base,
+        args.adapter,
+        tuple(args.tasks),
+        args.limit,
+        args.batch_size,
+        DTYPES[args.dtype],
+        args.allow_other_base,
+        args.load_in_4bit,
     )
     print(write_report(evaluation, args.out))
     print(f"report in {args.out}")
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N rows of each variant")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument(
+        "--load-in-4bit", action="store_true", help="load the base in nf4, as QLoRA trained it (needs a GPU)"
+    )
     p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     p.set_defaults(run=_evaluate)

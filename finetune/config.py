@@ -13,7 +13,9 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 @dataclass
 class TaskArguments:
-    task: str = field(default=TRAIN_TASK, metadata={"help": "lm-eval task whose docs and prompt make the training text"})
+    task: str = field(
+        default=TRAIN_TASK, metadata={"help": "lm-eval task whose docs and prompt make the training text"}
+    )
     train_limit: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     eval_limit: int | None = field(default=None, metadata={"help": "use only the first N validation rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})

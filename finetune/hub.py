@@ -254,7 +254,9 @@ def results_section(results: dict | None, merged: bool) -> str:
 
 def reproduce_section(repo: str, base: Base, merged: bool) -> str:
     model_args = f"pretrained={repo}" if merged else f"pretrained={base.lm_eval},peft={repo}"
-    evaluate = f"finetune evaluate --base {repo}" if merged else f"finetune evaluate --base {base.finetune} --adapter {repo}"
+    evaluate = (
+        f"finetune evaluate --base {repo}" if merged else f"finetune evaluate --base {base.finetune} --adapter {repo}"
+    )
     return (
         "## Reproduce\n\n```bash\n"
         f"lm_eval --include_path $(finetune tasks-path) --tasks tweet_sentiment --model hf --model_args {model_args}\n"

@@ -71,7 +71,9 @@ def _model_name(name_or_path: str) -> str:
     return name_or_path.rstrip("/").split("/")[-1].lower()
 
 
-def check_adapter_fits(model: PreTrainedModel, base: str, source: str, config: PeftConfig, allow_other_base: bool = False) -> None:
+def check_adapter_fits(
+    model: PreTrainedModel, base: str, source: str, config: PeftConfig, allow_other_base: bool = False
+) -> None:
     """Refuse an adapter trained on another base: by name (unless allowed), and always by the
     shapes of its LoRA matrices against the base's layers."""
     trained_on = config.base_model_name_or_path or ""
@@ -100,8 +102,10 @@ def merge(base: str, adapter: str, out: Path, dtype: torch.dtype = torch.bfloat1
     """Fold the adapter into a 16-bit copy of the base: a plain model for any runtime, no peft needed."""
     base_path = resolve_model(base)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-    check_adapter_fits(model, base_path, adapter, PeftConfig.from_pretrained(adapter), allow_other_base=True)
+    check_adapter_fits(model, base_path, adapter, PeftConfig.from_pretrained(adapter))
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(out)
-    AutoTokenizer.from_pretrained(adapter if (Path(adapter) / "tokenizer_config.json").exists() else base_path).save_pretrained(out)
+    AutoTokenizer.from_pretrained(
+        adapter if (Path(adapter) / "tokenizer_config.json").exists() else base_path
+    ).save_pretrained(out)
     return out

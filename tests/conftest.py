@@ -9,7 +9,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR, LABELS, PROMPT  # noqa: E402

@@ -228,7 +228,9 @@ class HubServer:
             remote_oid = None
             if existing is not None:
                 remote_oid = existing.sha256 if existing.lfs else git_blob_id(existing.content)
-            answers.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid})
+            answers.append(
+                {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": remote_oid}
+            )
         return {"files": answers, "commitOid": head.oid}
 
     def commit(self, repo: Repo, revision: str, ndjson: bytes) -> dict:
@@ -280,7 +282,14 @@ class HubServer:
             }
             for path, blob in sorted(commit.files.items())
         ]
-        return {"id": repo.repo_id, "modelId": repo.repo_id, "sha": commit.oid, "private": repo.private, "siblings": siblings, "tags": []}
+        return {
+            "id": repo.repo_id,
+            "modelId": repo.repo_id,
+            "sha": commit.oid,
+            "private": repo.private,
+            "siblings": siblings,
+            "tags": [],
+        }
 
     def tree(self, repo: Repo, revision: str, folder: str, recursive: bool) -> list[dict]:
         commit = self.find_commit(repo, revision)
@@ -293,7 +302,10 @@ class HubServer:
             parts = path[len(prefix) :].split("/")
             for depth in range(1, len(parts)):
                 folder_path = prefix + "/".join(parts[:depth])
-                entries.setdefault(folder_path, {"type": "directory", "oid": git_blob_id(folder_path.encode()), "size": 0, "path": folder_path})
+                entries.setdefault(
+                    folder_path,
+                    {"type": "directory", "oid": git_blob_id(folder_path.encode()), "size": 0, "path": folder_path},
+                )
                 if not recursive:
                     break
             if recursive or len(parts) == 1:
@@ -395,7 +407,9 @@ def _handler_for(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        def _route(self, path: str, query: dict, body: bytes, user: str | None) -> tuple[int, dict | list | bytes, dict]:
+        def _route(
+            self, path: str, query: dict, body: bytes, user: str | None
+        ) -> tuple[int, dict | list | bytes, dict]:
             parts = _split(path)
             method = self.command
             if method == "POST" and parts == ["api", "repos", "create"]:
@@ -415,9 +429,11 @@ def _handler_for(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
             if len(parts) >= 2 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "batch"]:
                 repo_id = f"{parts[0]}/{parts[1].removesuffix('.git')}"
                 hub.require_writer(user, repo_id)
-                return 200, hub.lfs_batch(hub.find_repo(repo_type, repo_id, user), json.loads(body)), {
-                    "Content-Type": "application/vnd.git-lfs+json"
-                }
+                return (
+                    200,
+                    hub.lfs_batch(hub.find_repo(repo_type, repo_id, user), json.loads(body)),
+                    {"Content-Type": "application/vnd.git-lfs+json"},
+                )
             if len(parts) >= 2 and parts[1].endswith(".git") and parts[2:] == ["info", "lfs", "objects", "verify"]:
                 hub.require_writer(user, f"{parts[0]}/{parts[1].removesuffix('.git')}")
                 return 200, hub.lfs_verify(json.loads(body)), {}
@@ -425,7 +441,9 @@ def _handler_for(hub: HubServer) -> type[http.server.BaseHTTPRequestHandler]:
                 return self._resolve(hub.find_repo(repo_type, "/".join(parts[:2]), user), parts[3], "/".join(parts[4:]))
             raise HubError(404, f"no route for {method} {path}")
 
-        def _api(self, repo_type: str, repo_id: str, rest: list[str], method: str, query: dict, body: bytes, user: str | None):
+        def _api(
+            self, repo_type: str, repo_id: str, rest: list[str], method: str, query: dict, body: bytes, user: str | None
+        ):
             repo = hub.find_repo(repo_type, repo_id, user)
             if method == "GET" and not rest:
                 return 200, hub.repo_info(repo, "main"), {}

@@ -26,7 +26,9 @@ def test_embedded_resolves_to_a_llama_folder(embedded: str) -> None:
 
 
 def test_model_path_prints_the_folder_for_a_shell(embedded: str) -> None:
-    run = subprocess.run([sys.executable, "-m", "finetune.cli", "model-path", "embedded"], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "finetune.cli", "model-path", "embedded"], capture_output=True, text=True
+    )
     assert run.stdout.strip() == embedded
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_llama, train_tiny
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -12,12 +13,12 @@ import finetune.evaluate as evaluate_module
 from finetune.evaluate import BASE_NAME, active, evaluate, load_with_adapters, write_report
 from finetune.model import AdapterMismatch
 
-from conftest import tiny_llama, train_tiny
-
 
 @pytest.fixture(scope="module")
 def second_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny(tiny_model_dir, tmp_path_factory.mktemp("second") / "other-adapter", "--seed", "1", "--max_steps", "3")
+    return train_tiny(
+        tiny_model_dir, tmp_path_factory.mktemp("second") / "other-adapter", "--seed", "1", "--max_steps", "3"
+    )
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:
@@ -44,7 +45,11 @@ def test_swapping_adapters_on_one_base_matches_loading_each_alone(
 
 
 def test_base_is_loaded_once_for_a_comparison_of_two_adapters(
-    tiny_model_dir: Path, tiny_adapter_dir: Path, second_adapter_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tiny_model_dir: Path,
+    tiny_adapter_dir: Path,
+    second_adapter_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     loads = []
     real = AutoModelForCausalLM.from_pretrained

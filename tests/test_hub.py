@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import HubServer
 from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-
-from hub_server import HubServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
@@ -104,7 +103,13 @@ class HubClient:
         return self._ask({"call": "cli", "argv": [str(a) for a in argv], "env": env or {}})
 
     def download(self, repo: str, local_dir: Path, revision: str | None = None) -> Path:
-        outcome = self._ask({"call": "download", "kwargs": {"repo_id": repo, "local_dir": str(local_dir), "revision": revision}, "env": {}})
+        outcome = self._ask(
+            {
+                "call": "download",
+                "kwargs": {"repo_id": repo, "local_dir": str(local_dir), "revision": revision},
+                "env": {},
+            }
+        )
         assert outcome.ok, outcome
         return Path(outcome.stdout.strip())
 
@@ -147,7 +152,9 @@ def client(hub: HubServer, workdir: Path) -> HubClient:
 def report(client: HubClient, tiny_model_dir: Path, tiny_adapter_dir: Path, workdir: Path) -> Path:
     """A real `finetune evaluate` report of the local adapter: what `push --report` publishes."""
     out = workdir / "report"
-    outcome = client.cli("evaluate", "--base", tiny_model_dir, "--adapter", tiny_adapter_dir, "--limit", LIMIT, "--out", out)
+    outcome = client.cli(
+        "evaluate", "--base", tiny_model_dir, "--adapter", tiny_adapter_dir, "--limit", LIMIT, "--out", out
+    )
     assert outcome.ok, outcome
     return out
 
@@ -192,7 +199,9 @@ def closed_port() -> int:
 # Publishing.
 
 
-def test_pushed_adapter_downloads_and_gives_the_same_logits(published: Published, tiny_model_dir: Path, tiny_adapter_dir: Path) -> None:
+def test_pushed_adapter_downloads_and_gives_the_same_logits(
+    published: Published, tiny_model_dir: Path, tiny_adapter_dir: Path
+) -> None:
     from_hub = with_adapter(tiny_model_dir, published.folder)
     torch.testing.assert_close(from_hub, with_adapter(tiny_model_dir, tiny_adapter_dir), rtol=0, atol=0)
 
@@ -209,7 +218,10 @@ def test_a_push_is_one_commit_of_what_users_need(published: Published, hub: HubS
         "tokenizer_config.json",
         "training_loss.png",
     }
-    assert commit.files["adapter_model.safetensors"].content == (tiny_adapter_dir / "adapter_model.safetensors").read_bytes()
+    assert (
+        commit.files["adapter_model.safetensors"].content
+        == (tiny_adapter_dir / "adapter_model.safetensors").read_bytes()
+    )
     assert any(tiny_adapter_dir.glob("checkpoint-*")) and (tiny_adapter_dir / "training_args.bin").exists()
 
 
@@ -255,7 +267,9 @@ def test_lfs_upload_without_xet(tiny_model_dir: Path, tiny_adapter_dir: Path, re
         assert commit.files["adapter_model.safetensors"].lfs and not commit.files["adapter_config.json"].lfs
         assert any(r.path.endswith(".git/info/lfs/objects/batch") for r in lfs_hub.requests)
         assert any(r.method == "PUT" for r in lfs_hub.requests)
-    torch.testing.assert_close(with_adapter(tiny_model_dir, folder), with_adapter(tiny_model_dir, tiny_adapter_dir), rtol=0, atol=0)
+    torch.testing.assert_close(
+        with_adapter(tiny_model_dir, folder), with_adapter(tiny_model_dir, tiny_adapter_dir), rtol=0, atol=0
+    )
     assert ModelCard.load(folder / "README.md").data.eval_results
 
 
@@ -286,7 +300,10 @@ def test_merged_model_is_published_instead_of_the_adapter(
     assert f"--model_args pretrained={repo}\n" in card.text
     local = merge(str(tiny_model_dir), str(tiny_adapter_dir), workdir / "merged-here")
     torch.testing.assert_close(
-        logits(AutoModelForCausalLM.from_pretrained(folder)), logits(AutoModelForCausalLM.from_pretrained(local)), rtol=0, atol=0
+        logits(AutoModelForCausalLM.from_pretrained(folder)),
+        logits(AutoModelForCausalLM.from_pretrained(local)),
+        rtol=0,
+        atol=0,
     )
 
 
@@ -300,7 +317,9 @@ def test_without_a_token_nothing_is_sent(client: HubClient, hub: HubServer, tiny
     assert hub.requests[seen:] == []
 
 
-def test_a_report_without_this_adapter_is_refused(client: HubClient, hub: HubServer, tiny_adapter_dir: Path, report: Path, workdir: Path) -> None:
+def test_a_report_without_this_adapter_is_refused(
+    client: HubClient, hub: HubServer, tiny_adapter_dir: Path, report: Path, workdir: Path
+) -> None:
     other = workdir / "other-report"
     metrics = json.loads((report / "metrics.json").read_text())
     metrics["adapters"] = {"other-adapter": "/elsewhere/other-adapter"}
@@ -314,7 +333,9 @@ def test_a_report_without_this_adapter_is_refused(client: HubClient, hub: HubSer
 
 def test_a_namespace_the_token_may_not_write_to(client: HubClient, hub: HubServer, tiny_adapter_dir: Path) -> None:
     outcome = client.cli("push", "--adapter", tiny_adapter_dir, "--repo", "someone-else/tiny")
-    assert outcome.exit.startswith("push to someone-else/tiny failed: the Hub answered 403: this token may not write there")
+    assert outcome.exit.startswith(
+        "push to someone-else/tiny failed: the Hub answered 403: this token may not write there"
+    )
     assert outcome.exit.endswith("no commit was made") and "\n" not in outcome.exit
     assert ("model", "someone-else/tiny") not in hub.repos
 
@@ -338,14 +359,18 @@ def test_evaluate_from_the_hub_reproduces_the_published_numbers(
     client: HubClient, published: Published, report: Path, tiny_model_dir: Path, workdir: Path
 ) -> None:
     out = workdir / "from-hub"
-    outcome = client.cli("evaluate", "--base", tiny_model_dir, "--adapter", published.repo, "--limit", LIMIT, "--out", out)
+    outcome = client.cli(
+        "evaluate", "--base", tiny_model_dir, "--adapter", published.repo, "--limit", LIMIT, "--out", out
+    )
     assert outcome.ok, outcome
     assert json.loads((out / "metrics.json").read_text())["adapters"] == {published.repo: published.repo}
     assert adapter_metrics(out) == adapter_metrics(report)
 
 
 def test_evaluate_names_a_missing_repo(client: HubClient, tiny_model_dir: Path, workdir: Path) -> None:
-    outcome = client.cli("evaluate", "--base", tiny_model_dir, "--adapter", f"{USER}/no-such-adapter", "--out", workdir / "none")
+    outcome = client.cli(
+        "evaluate", "--base", tiny_model_dir, "--adapter", f"{USER}/no-such-adapter", "--out", workdir / "none"
+    )
     # raised before anything is scored
     assert outcome.error is None
     assert outcome.exit.startswith(f"no adapter at {USER}/no-such-adapter: not a folder with adapter_config.json")

@@ -14,14 +14,30 @@ from finetune.predict import BadInput, read_rows
 TWEETS = ["I love this so much", "worst day ever", "the bus comes at nine", ""]
 
 
-def test_merged_model_loads_plainly_and_matches_the_adapter(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
-    main(["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path), "--dtype", "float32"])
+def test_merged_model_loads_plainly_and_matches_the_adapter(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    main(
+        [
+            "merge",
+            "--base",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tiny_adapter_dir),
+            "--out",
+            str(tmp_path),
+            "--dtype",
+            "float32",
+        ]
+    )
     merged = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
     ids = torch.arange(1, 30).unsqueeze(0)
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits, rtol=1e-4, atol=1e-5
+        )
 
 
 def test_merge_defaults_to_16_bit(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
@@ -37,7 +53,19 @@ def test_predict_labels_every_row(tiny_model_dir: Path, tiny_adapter_dir: Path, 
     else:
         source.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TWEETS)))
     out = tmp_path / "labeled.jsonl"
-    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--input", str(source), "--output", str(out)])
+    main(
+        [
+            "predict",
+            "--model",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tiny_adapter_dir),
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+        ]
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [str(r["id"]) for r in rows] == [str(i) for i in range(len(TWEETS))]
     assert all(r["prediction"] in ("negative", "neutral", "positive") for r in rows)

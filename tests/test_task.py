@@ -98,7 +98,15 @@ def test_make_split_regenerates_the_pinned_files(tmp_path: Path) -> None:
     import sys
 
     subprocess.run(
-        [sys.executable, "-m", "lm_eval_tasks.tweet_sentiment.make_split", "--source", str(SHARED), "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "lm_eval_tasks.tweet_sentiment.make_split",
+            "--source",
+            str(SHARED),
+            "--out",
+            str(tmp_path),
+        ],
         check=True,
         capture_output=True,
     )

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CONFIG, train_tiny
 from safetensors.torch import load_file
 
 from finetune.config import parse_train_args
 from finetune.data import load_task
 from finetune.train import build_trainer
-
-from conftest import TINY_CONFIG, train_tiny
 
 
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
@@ -35,7 +34,9 @@ def test_presets_are_found_by_name() -> None:
         parse_train_args(["no-such-preset"])
 
 
-def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_loss(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     task_args, sft, model_args = parse_train_args(
         [str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path)]
     )
