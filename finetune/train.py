@@ -49,7 +49,7 @@ def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelCon
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=load_base_for_training(model_args, sft),
         args=sft,
         train_dataset=train_set,
@@ -57,6 +57,12 @@ def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelCon
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    if sft.fp16:
+        # trl casts a quantized model's LoRA weights to bf16, which fp16's gradient scaler cannot unscale (T4)
+        for param in trainer.model.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+    return trainer
 
 
 def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
