@@ -6,13 +6,13 @@ Hub's machine-readable `model-index` and as a before -> after table, with the co
 reproduce them.
 """
 
+import importlib
 import json
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
@@ -36,6 +36,8 @@ TAGS = ["lora", "peft", "tweet-sentiment", "lm-eval"]
 # of the same name; the Hub only accepts Hub ids as `base_model`, so adapters trained on it point here.
 EMBEDDED_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# huggingface_hub 1.x talks through httpx, 2.x through httpx2: take the errors of the client it uses.
+HTTP = importlib.import_module(HfHubHTTPError.__bases__[0].__module__.split(".")[0])
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,7 @@ def upload(
         if revision:
             api.create_branch(repo, branch=revision, exist_ok=True)
         info = api.create_commit(repo, operations, commit_message=f"Upload {what}", revision=revision)
-    except (httpx.HTTPError, OfflineModeIsEnabled, ValueError, RuntimeError) as err:
+    except (HTTP.HTTPError, OfflineModeIsEnabled, ValueError, RuntimeError) as err:
         raise SystemExit(f"push to {repo} failed: {failure(err, api.endpoint)}; no commit was made") from None
     return info.commit_url
 
@@ -295,7 +297,7 @@ def failure(err: Exception, endpoint: str) -> str:
         hint = {401: "the token was rejected (check HF_TOKEN / `hf auth login`)", 403: "this token may not write there"}
         said = err.server_message or str(err).splitlines()[0]
         return f"the Hub answered {status}: " + (f"{hint[status]} ({said})" if status in hint else said)
-    if isinstance(err, httpx.TransportError):
+    if isinstance(err, HTTP.TransportError):
         return f"could not reach {endpoint} ({type(err).__name__}: {err})"
     cause = err.__cause__
     return " ".join(str(err).split()) + (f" ({' '.join(str(cause).split())})" if cause else "")

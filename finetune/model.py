@@ -1,4 +1,4 @@
-"""Resolve, load and merge models: the embedded default, Hub ids, local folders, 4/8-bit loading."""
+"""Models by name (the embedded default, Hub ids, folders), adapter checks against a base, and merging."""
 
 import importlib.metadata
 import os

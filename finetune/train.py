@@ -17,8 +17,8 @@ TRAIN_LOG = "train_log.json"
 
 
 def compute_dtype(sft: SFTConfig) -> torch.dtype:
-    """The base weights' dtype follows the mixed-precision mode; peft keeps the LoRA weights in fp32,
-    which fp16's gradient scaler needs (it cannot unscale bf16 gradients)."""
+    """The base weights' dtype follows the mixed-precision mode (`ModelConfig.dtype` is set from it);
+    the LoRA weights stay in fp32 (see `build_trainer`)."""
     if sft.bf16:
         return torch.bfloat16
     if sft.fp16:
