@@ -111,9 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to commit to")
     p.set_defaults(run=_push)
 
-    p = sub.add_parser("demo", help="train the quick preset on the embedded model and show before -> after (CPU)")
+    p = sub.add_parser(
+        "demo",
+        help="train the quick preset on the embedded model and show before -> after (CPU)",
+        epilog="Any other --key value pairs override the embedded-cpu-quick preset, as for `finetune train`.",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value overrides of the preset")
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("model-path", help="print the local folder of a model name (`embedded` is converted once)")
@@ -133,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
 
         print(train(*parse_train_args(argv[1:])))
         return
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    if overrides and args.command != "demo":
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides
     args.run(args)
 
 

@@ -84,3 +84,13 @@ def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
     table.write_text("id,tweet\n1,hello\n")
     with pytest.raises(BadInput, match=rf"{table}:1: the CSV header has no `text` column"):
         read_rows(table)
+
+
+def test_demo_trains_then_scores_base_and_adapter(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    overrides = ["--model_name_or_path", str(tiny_model_dir), "--train_limit", "32", "--eval_limit", "8"]
+    main(["demo", "--out", str(tmp_path), *overrides, "--max_steps", "2", "--eval_steps", "1", "--save_steps", "1"])
+    printed = capsys.readouterr().out
+    assert "| base | tweet_sentiment_gen |" in printed and "| adapter | tweet_sentiment_mc |" in printed
+    assert "total" in printed and (tmp_path / "report" / "comparison.png").exists()
+    results = json.loads((tmp_path / "report" / "metrics.json").read_text())["results"]
+    assert set(results) == {"base", "adapter"}
