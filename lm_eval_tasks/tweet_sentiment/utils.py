@@ -84,23 +84,23 @@ def process_results_mc(doc: dict, results: list[tuple[float, bool]]) -> dict[str
     return _scores(doc["label"], logliks.index(max(logliks)))
 
 
-def _f1(items: list[tuple[int, int]], labels: list[int], average: str) -> float:
-    """F1 over the three classes; an invalid answer is a miss for its gold class, never a class."""
+def _f1(items: list[tuple[int, int]], labels: list[int]) -> float:
+    """Mean F1 over `labels`; an invalid answer is a miss for its gold class, never a class."""
     golds, preds = zip(*items)
-    return float(f1_score(golds, preds, labels=labels, average=average, zero_division=0.0))
+    return float(f1_score(golds, preds, labels=labels, average="macro", zero_division=0.0))
 
 
 def macro_f1(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[0, 1, 2], average="macro")
+    return _f1(items, labels=[0, 1, 2])
 
 
 def f1_negative(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[0], average="macro")
+    return _f1(items, labels=[0])
 
 
 def f1_neutral(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[1], average="macro")
+    return _f1(items, labels=[1])
 
 
 def f1_positive(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[2], average="macro")
+    return _f1(items, labels=[2])
