@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
@@ -92,10 +93,10 @@ def active(model: PreTrainedModel | PeftModel, name: str) -> Iterator[None]:
         yield
 
 
-def run_benchmark(lm: HFLM, tasks: tuple[str, ...], limit: int | None) -> tuple[dict, dict]:
+def run_benchmark(lm: HFLM, manager: TaskManager, tasks: tuple[str, ...], limit: int | None) -> tuple[dict, dict]:
     """Scores per variant, and the (gold, answer) pair of every scored row, through lm-eval's evaluator."""
     out = simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=task_manager(), limit=limit, log_samples=True, bootstrap_iters=0
+        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=True, bootstrap_iters=0
     )
     scores = {
         variant: {m: float(values[f"{m},none"]) for m in METRICS}
@@ -121,10 +122,11 @@ def evaluate(
     model = load_with_adapters(base_path, names, dtype, allow_other_base, load_in_4bit)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    manager = task_manager()
     evaluation = Evaluation(base=base, adapters=names)
     for name in [BASE_NAME, *names]:
         with active(model, name):
-            evaluation.results[name], evaluation.pairs[name] = run_benchmark(lm, tasks, limit)
+            evaluation.results[name], evaluation.pairs[name] = run_benchmark(lm, manager, tasks, limit)
     return evaluation
 
 
