@@ -1,1 +1,6 @@
 """Fine-tune causal LMs with LoRA / QLoRA on the text the tweet_sentiment benchmark scores."""
+
+
+class FinetuneError(Exception):
+    """A problem the user can fix (a file, a name, a flag), told in one line: `finetune` prints it and exits 2
+    without a traceback, while Python callers can catch it like any other error."""

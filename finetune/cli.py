@@ -4,98 +4,126 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
+from trl import TrlParser
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from finetune import FinetuneError
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    from finetune.evaluate import evaluate, write_report
+def _train(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.config import parse_train_args
+    from finetune.train import train
+
+    task_args, sft, model_args = parse_train_args(rest, args.parser)
+    print(train(task_args, sft, model_args))
+
+
+def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.evaluate import evaluate
+    from finetune.model import base_config
+    from finetune.report import write_report
 
     evaluation = evaluate(
-        args.base,
+        base_config(args.base, args.dtype, args.load_in_4bit),
         args.adapter,
-        tuple(args.tasks),
-        args.limit,
-        args.batch_size,
-        DTYPES[args.dtype],
-        args.allow_other_base,
-        args.load_in_4bit,
+        tasks=tuple(args.tasks),
+        limit=args.limit,
+        batch_size=args.batch_size,
+        allow_other_base=args.allow_other_base,
     )
     print(write_report(evaluation, args.out))
     print(f"report in {args.out}")
 
 
-def _merge(args: argparse.Namespace) -> None:
-    from finetune.model import merge
+def _merge(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.model import base_config, merge
 
-    print(merge(args.base, args.adapter, args.out, DTYPES[args.dtype]))
+    print(merge(base_config(args.base, args.dtype), args.adapter, args.out))
 
 
-def _predict(args: argparse.Namespace) -> None:
+def _predict(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.model import base_config
     from finetune.predict import predict
 
-    count = predict(args.model, args.adapter, args.input, args.output, args.batch_size)
+    count = predict(
+        base_config(args.model, args.dtype, args.load_in_4bit), args.adapter, args.input, args.output, args.batch_size
+    )
     print(f"labeled {count} rows into {args.output}")
 
 
-def _push(args: argparse.Namespace) -> None:
+def _push(args: argparse.Namespace, rest: list[str]) -> None:
+    from huggingface_hub import HfApi
+
     from finetune.hub import push
 
-    print(push(args.adapter, args.repo, args.report, args.private, args.merged, args.revision))
+    url = push(
+        HfApi(),
+        args.adapter,
+        args.repo,
+        report=args.report,
+        private=args.private,
+        merged=args.merged,
+        revision=args.revision,
+    )
+    print(url)
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.demo import demo
 
-    print(demo(args.out, args.overrides))
+    print(demo(args.out, rest))
 
 
-def _model_path(args: argparse.Namespace) -> None:
+def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.model import resolve_model
 
     print(resolve_model(args.name))
 
 
-def _tasks_path(args: argparse.Namespace) -> None:
+def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.data import tasks_path
 
     print(tasks_path())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finetune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "float32", quantize: bool = True) -> None:
+    p.add_argument(f"--{name}", default="embedded", help="Hub id, folder, or `embedded`")
+    p.add_argument("--dtype", choices=DTYPES, default=default_dtype)
+    if quantize:
+        p.add_argument(
+            "--load-in-4bit", action="store_true", help="load the base in nf4 as the QLoRA preset trains it (a GPU)"
+        )
 
-    sub.add_parser(
-        "train",
-        help="train a LoRA / QLoRA adapter: finetune train CONFIG.yaml|PRESET [--key value ...]",
-        add_help=False,
-    )
+
+def build_parser() -> TrlParser:
+    """Every command is a subparser; `train`'s is trl's parser of the training dataclasses (`finetune train -h`)."""
+    from finetune.config import make_parser
+
+    parser = TrlParser(prog="finetune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=TrlParser)
+
+    p = make_parser(sub)
+    p.set_defaults(run=_train, parser=p)
 
     p = sub.add_parser("evaluate", help="score a base and adapters on tweet_sentiment through lm-eval")
-    p.add_argument("--base", default="embedded", help="Hub id, folder, or `embedded`")
+    _model_flags(p, "base")
     p.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder or Hub id; repeatable")
     p.add_argument("--tasks", nargs="+", default=["tweet_sentiment"], help="task or group names")
     p.add_argument("--limit", type=int, help="score only the first N rows of each variant")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
-    p.add_argument(
-        "--load-in-4bit", action="store_true", help="load the base in nf4, as QLoRA trained it (needs a GPU)"
-    )
     p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("merge", help="fold an adapter into a standalone 16-bit model")
-    p.add_argument("--base", default="embedded")
+    _model_flags(p, "base", "bfloat16", quantize=False)
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     p.set_defaults(run=_merge)
 
     p = sub.add_parser("predict", help="label unlabeled text (.jsonl or .csv with a `text` field)")
-    p.add_argument("--model", default="embedded")
+    _model_flags(p, "model")
     p.add_argument("--adapter")
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
@@ -117,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any other --key value pairs override the embedded-cpu-quick preset, as for `finetune train`.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.set_defaults(run=_demo)
+    p.set_defaults(run=_demo, takes_rest=True)
 
     p = sub.add_parser("model-path", help="print the local folder of a model name (`embedded` is converted once)")
     p.add_argument("name", nargs="?", default="embedded")
@@ -129,19 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse, run, and turn the errors a user can fix into one line on stderr (exit 2), without a traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
-        from finetune.config import parse_train_args
-        from finetune.train import train
-
-        print(train(*parse_train_args(argv[1:])))
-        return
     parser = build_parser()
-    args, overrides = parser.parse_known_args(argv)
-    if overrides and args.command != "demo":
-        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    args.overrides = overrides
-    args.run(args)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":  # trl's parser reads the config file and every flag itself
+        rest = argv[argv.index("train") + 1 :]
+    elif rest and not getattr(args, "takes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        args.run(args, rest)
+    except FinetuneError as err:
+        print(f"finetune {args.command}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

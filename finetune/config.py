@@ -1,11 +1,13 @@
 """Training configuration: trl's own dataclasses plus ours, read from YAML with CLI overrides by TrlParser,
 which rejects keys that no dataclass declares."""
 
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from finetune import FinetuneError
 from finetune.data import TRAIN_TASK
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -21,6 +23,9 @@ class TaskArguments:
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
 
 
+TRAIN_DATACLASSES = (TaskArguments, SFTConfig, ModelConfig)
+
+
 def config_file(name: str) -> Path:
     """A shipped preset by name (`embedded-cpu-quick`) or a path to a YAML file."""
     path = Path(name)
@@ -30,12 +35,26 @@ def config_file(name: str) -> Path:
     if preset.exists():
         return preset
     known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
-    raise SystemExit(f"no config file {name!r} and no preset of that name (presets: {known})")
+    raise FinetuneError(f"no config file {name!r} and no preset of that name (presets: {known})")
 
 
-def parse_train_args(argv: list[str]) -> tuple[TaskArguments, SFTConfig, ModelConfig]:
+def make_parser(subparsers: argparse._SubParsersAction | None = None) -> TrlParser:
+    """trl's script pattern: the same parser stands alone or as the `train` command of the CLI."""
+    if subparsers is None:
+        return TrlParser(TRAIN_DATACLASSES, prog="finetune train")
+    return subparsers.add_parser(
+        "train",
+        dataclass_types=TRAIN_DATACLASSES,
+        help="train a LoRA / QLoRA adapter: finetune train CONFIG.yaml|PRESET [--key value ...]",
+    )
+
+
+def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple[TaskArguments, SFTConfig, ModelConfig]:
     """`CONFIG [--key value ...]`: the YAML sets the defaults, the flags override them."""
-    parser = TrlParser((TaskArguments, SFTConfig, ModelConfig), prog="finetune train")
-    if argv and not argv[0].startswith("-"):
-        argv = ["--config", str(config_file(argv[0])), *argv[1:]]
-    return parser.parse_args_and_config(argv)
+    config = config_file(argv[0]) if argv and not argv[0].startswith("-") else None
+    if config is not None:
+        argv = ["--config", str(config), *argv[1:]]
+    try:
+        return (parser or make_parser()).parse_args_and_config(argv)
+    except ValueError as err:  # what HfArgumentParser and the dataclasses say of unknown keys and bad values
+        raise FinetuneError(f"{config or 'finetune train'}: {' '.join(str(err).split())}") from None

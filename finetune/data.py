@@ -1,5 +1,8 @@
-"""Training and validation text, derived from the lm-eval task itself so that it cannot drift from what is scored."""
+"""The task and its rows: training text derived from the lm-eval task itself, so that it cannot drift from
+what is scored, and the user's own files read with errors that name the file and line."""
 
+import csv
+import json
 from pathlib import Path
 
 import datasets
@@ -7,6 +10,7 @@ from lm_eval.api.task import Task
 from lm_eval.tasks import TaskManager
 
 import lm_eval_tasks
+from finetune import FinetuneError
 
 TASK_GROUP = "tweet_sentiment"
 TRAIN_TASK = "tweet_sentiment_gen"
@@ -45,3 +49,31 @@ def training_sets(
         prompt_completion(task, task.training_docs(), train_limit),
         prompt_completion(task, task.validation_docs(), eval_limit),
     )
+
+
+class BadInput(FinetuneError):
+    """A file that cannot be used as it is; the message names the file and line."""
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows with a string `text`, from JSON Lines or CSV; read by hand so that errors name the line."""
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "text" not in (reader.fieldnames or []):
+                raise BadInput(f"{path}:1: the CSV header has no `text` column")
+            return [dict(row) for row in reader]
+    if path.suffix != ".jsonl":
+        raise BadInput(f"{path}: expected a .jsonl or .csv file")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadInput(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise BadInput(f"{path}:{number}: expected an object with a string `text`")
+        rows.append(row)
+    return rows

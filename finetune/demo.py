@@ -5,7 +5,8 @@ import time
 from pathlib import Path
 
 from finetune.config import parse_train_args
-from finetune.evaluate import evaluate, write_report
+from finetune.evaluate import evaluate
+from finetune.report import write_report
 from finetune.train import train
 
 DEMO_PRESET = "embedded-cpu-quick"
@@ -16,7 +17,7 @@ def demo(out: Path, overrides: list[str]) -> str:
     task_args, sft, model_args = parse_train_args([DEMO_PRESET, "--output_dir", str(out / "adapter"), *overrides])
     adapter = train(task_args, sft, model_args)
     trained = time.perf_counter()
-    evaluation = evaluate(model_args.model_name_or_path, [str(adapter)])
+    evaluation = evaluate(model_args, [str(adapter)])
     text = write_report(evaluation, out / "report")
     done = time.perf_counter()
     timing = (

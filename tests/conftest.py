@@ -1,10 +1,13 @@
-"""Fixtures: a tiny random Llama with a tokenizer trained in-process on the pinned tweets, offline."""
+"""Fixtures: a tiny random Llama with a tokenizer trained in-process on the pinned tweets, offline, and
+what tests build from it (adapters, independent scores)."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import json  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -15,12 +18,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR, LABELS, PROMPT  # noqa: E402
 
 EOS = "<|end|>"
+TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 
 
 def train_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE of ~800 tokens, learned from the pinned tweets and the prompt."""
-    import json
-
     texts = [json.loads(line)["text"] for line in (DATA_DIR / "train.jsonl").read_text().splitlines()]
     texts += [PROMPT] * 50 + [" " + " ".join(LABELS)] * 50
     backend = Tokenizer(models.BPE())
@@ -33,11 +35,11 @@ def train_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=EOS)
 
 
-def tiny_llama(vocab_size: int, eos_id: int) -> LlamaForCausalLM:
+def tiny_llama(vocab_size: int, eos_id: int, hidden_size: int = 32) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -52,29 +54,57 @@ def tiny_llama(vocab_size: int, eos_id: int) -> LlamaForCausalLM:
 
 
 @pytest.fixture(scope="session")
+def make_tiny_llama() -> Callable[..., LlamaForCausalLM]:
+    return tiny_llama
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny Llama folder, usable wherever a Hub id is."""
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"
     tokenizer = train_tokenizer()
-    model = tiny_llama(len(tokenizer), tokenizer.eos_token_id)
-    model.save_pretrained(folder)
+    tiny_llama(len(tokenizer), tokenizer.eos_token_id).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
+@pytest.fixture(scope="session")
+def train_tiny() -> Callable[..., Path]:
+    """`finetune train tests/tiny.yaml --model_name_or_path MODEL --output_dir OUT [overrides]`, in-process."""
 
+    def run(model_dir: Path, out: Path, *overrides: str) -> Path:
+        from finetune.config import parse_train_args
+        from finetune.train import train
 
-def train_tiny(model_dir: Path, out: Path, *overrides: str) -> Path:
-    """Run `finetune train tests/tiny.yaml` on the tiny model."""
-    from finetune.config import parse_train_args
-    from finetune.train import train
+        argv = [str(TINY_CONFIG), "--model_name_or_path", str(model_dir), "--output_dir", str(out), *overrides]
+        return train(*parse_train_args(argv))
 
-    argv = [str(TINY_CONFIG), "--model_name_or_path", str(model_dir), "--output_dir", str(out), *overrides]
-    return train(*parse_train_args(argv))
+    return run
 
 
 @pytest.fixture(scope="session")
-def tiny_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_adapter_dir(tiny_model_dir: Path, train_tiny: Callable[..., Path], tmp_path_factory) -> Path:
     """A LoRA adapter trained for a few steps on the tiny model."""
     return train_tiny(tiny_model_dir, tmp_path_factory.mktemp("adapters") / "tiny-adapter")
+
+
+@pytest.fixture(scope="session")
+def label_logliks() -> Callable[..., list[list[float]]]:
+    """Log-likelihood of ` negative`, ` neutral`, ` positive` after each prompt, summed over the label's tokens by
+    a plain forward pass: the multiple-choice score computed without lm-eval, to check lm-eval's against."""
+
+    def score(model: torch.nn.Module, tokenizer, texts: list[str]) -> list[list[float]]:
+        rows = []
+        for text in texts:
+            context = tokenizer(PROMPT.format(text=text), add_special_tokens=False)["input_ids"]
+            row = []
+            for label in LABELS:
+                whole = tokenizer(PROMPT.format(text=text) + " " + label, add_special_tokens=False)["input_ids"]
+                assert whole[: len(context)] == context, "the label starts a new token"
+                with torch.no_grad():
+                    logprobs = model(input_ids=torch.tensor([whole])).logits[0].float().log_softmax(-1)
+                row.append(sum(logprobs[i - 1, whole[i]].item() for i in range(len(context), len(whole))))
+            rows.append(row)
+        return rows
+
+    return score

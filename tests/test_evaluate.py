@@ -5,17 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama, train_tiny
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-import finetune.evaluate as evaluate_module
-from finetune.evaluate import BASE_NAME, active, evaluate, load_with_adapters, write_report
-from finetune.model import AdapterMismatch
+import finetune.model as model_module
+from finetune import FinetuneError
+from finetune.evaluate import BASE_NAME, active, evaluate
+from finetune.model import AdapterMismatch, base_config, load_model
+from finetune.report import write_report
 
 
 @pytest.fixture(scope="module")
-def second_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def second_adapter_dir(tiny_model_dir: Path, train_tiny, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny(
         tiny_model_dir, tmp_path_factory.mktemp("second") / "other-adapter", "--seed", "1", "--max_steps", "3"
     )
@@ -30,7 +31,7 @@ def test_swapping_adapters_on_one_base_matches_loading_each_alone(
     tiny_model_dir: Path, tiny_adapter_dir: Path, second_adapter_dir: Path
 ) -> None:
     adapters = {"first": str(tiny_adapter_dir), "second": str(second_adapter_dir)}
-    shared = load_with_adapters(str(tiny_model_dir), adapters, torch.float32)
+    shared = load_model(base_config(str(tiny_model_dir)), adapters)
     seen = {}
     for name in [BASE_NAME, *adapters]:
         with active(shared, name):
@@ -52,32 +53,33 @@ def test_base_is_loaded_once_for_a_comparison_of_two_adapters(
     tmp_path: Path,
 ) -> None:
     loads = []
-    real = AutoModelForCausalLM.from_pretrained
+    real = model_module.create_model_from_path
 
     def counting(*args, **kwargs):
         loads.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module.AutoModelForCausalLM, "from_pretrained", counting)
-    evaluation = evaluate(str(tiny_model_dir), [str(tiny_adapter_dir), str(second_adapter_dir)], limit=4)
+    monkeypatch.setattr(model_module, "create_model_from_path", counting)
+    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir), str(second_adapter_dir)], limit=4)
     assert loads == [str(tiny_model_dir)]
     assert list(evaluation.results) == [BASE_NAME, "tiny-adapter", "other-adapter"]
 
     text = write_report(evaluation, tmp_path)
     assert "| tiny-adapter | tweet_sentiment_gen |" in text
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["results"]["other-adapter"]["tweet_sentiment_mc"]["invalid"] == 0.0
+    assert metrics["rows"] == {"tweet_sentiment_gen": 4, "tweet_sentiment_mc": 4}
+    assert metrics["results"]["other-adapter"] == evaluation.results["other-adapter"]
     for picture in ["comparison.png", "confusion_base_tweet_sentiment_gen.png", "training_loss_tiny-adapter.png"]:
         assert (tmp_path / picture).stat().st_size > 0
 
 
-def test_an_adapter_for_other_shapes_is_refused_before_scoring(tiny_adapter_dir: Path, tmp_path: Path) -> None:
+def test_an_adapter_for_other_shapes_is_refused_before_scoring(
+    tiny_adapter_dir: Path, make_tiny_llama, tmp_path: Path
+) -> None:
     wider = tmp_path / "tiny-llama"
-    model = tiny_llama(vocab_size=800, eos_id=0)
-    model.config.hidden_size = 48
-    AutoModelForCausalLM.from_config(model.config).save_pretrained(wider)
+    make_tiny_llama(vocab_size=800, eos_id=0, hidden_size=48).save_pretrained(wider)
     with pytest.raises(AdapterMismatch, match="does not fit base"):
-        load_with_adapters(str(wider), {"a": str(tiny_adapter_dir)}, torch.float32)
+        load_model(base_config(str(wider)), {"a": str(tiny_adapter_dir)})
 
 
 def test_an_adapter_for_another_base_name_is_refused_unless_allowed(
@@ -86,5 +88,10 @@ def test_an_adapter_for_another_base_name_is_refused_unless_allowed(
     renamed = tmp_path / "some-other-model"
     AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(renamed)
     with pytest.raises(AdapterMismatch, match="was trained on"):
-        load_with_adapters(str(renamed), {"a": str(tiny_adapter_dir)}, torch.float32)
-    assert isinstance(load_with_adapters(str(renamed), {"a": str(tiny_adapter_dir)}, torch.float32, True), PeftModel)
+        load_model(base_config(str(renamed)), {"a": str(tiny_adapter_dir)})
+    assert isinstance(load_model(base_config(str(renamed)), {"a": str(tiny_adapter_dir)}, True), PeftModel)
+
+
+def test_a_missing_adapter_is_named_before_the_base_is_loaded(tiny_model_dir: Path) -> None:
+    with pytest.raises(FinetuneError, match="no adapter at tester/no-such-adapter: not a folder"):
+        load_model(base_config(str(tiny_model_dir)), {"a": "tester/no-such-adapter"})

@@ -1,42 +1,80 @@
-"""End to end through lm-eval itself: its evaluator and its CLI score a model on both variants."""
+"""End to end through lm-eval itself: its scores are the ones a plain forward pass gives, and its CLI
+(`lm_eval --model hf --model_args pretrained=...,peft=...`) and `finetune evaluate` answer every row alike."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from lm_eval import simple_evaluate
-from lm_eval.models.huggingface import HFLM
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune.data import task_manager, tasks_path
+from finetune.data import load_task, tasks_path
+from finetune.evaluate import evaluate
+from finetune.model import base_config
+from lm_eval_tasks.tweet_sentiment.utils import extract_label, macro_f1
 
-METRICS = ["acc", "macro_f1", "f1_negative", "f1_neutral", "f1_positive", "invalid"]
-
-
-def test_simple_evaluate_scores_both_variants(tiny_model_dir: Path) -> None:
-    lm = HFLM(pretrained=str(tiny_model_dir), device="cpu", batch_size=8)
-    out = simple_evaluate(model=lm, tasks=["tweet_sentiment"], task_manager=task_manager(), limit=12, bootstrap_iters=0)
-    for variant in ("tweet_sentiment_gen", "tweet_sentiment_mc"):
-        scores = out["results"][variant]
-        for metric in METRICS:
-            assert 0.0 <= scores[f"{metric},none"] <= 1.0, (variant, metric)
-    assert out["results"]["tweet_sentiment_mc"]["invalid,none"] == 0.0
+ROWS = 12
 
 
-def test_lm_eval_cli_finds_the_task_through_include_path(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def evaluation(tiny_model_dir: Path, tiny_adapter_dir: Path):
+    return evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], limit=ROWS)
+
+
+def test_multiple_choice_answers_are_the_most_likely_label_by_a_plain_forward_pass(
+    evaluation, tiny_model_dir: Path, tiny_adapter_dir: Path, label_logliks
+) -> None:
+    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
+    answers = [row.index(max(row)) for row in label_logliks(model, tokenizer, [d["text"] for d in docs])]
+    pairs = evaluation.pairs["tiny-adapter"]["tweet_sentiment_mc"]
+    assert pairs == [(d["label"], a) for d, a in zip(docs, answers)]
+    scores = evaluation.results["tiny-adapter"]["tweet_sentiment_mc"]
+    assert scores["acc"] == sum(g == a for g, a in pairs) / ROWS
+    assert scores["macro_f1"] == pytest.approx(macro_f1(pairs))
+
+
+def test_generative_answers_are_greedy_generations_read_by_the_label_extractor(
+    evaluation, tiny_model_dir: Path, tiny_adapter_dir: Path
+) -> None:
+    task = load_task("tweet_sentiment_gen")
+    docs = list(task.test_docs())[:ROWS]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
+    answers = []
+    for doc in docs:
+        ids = tokenizer(task.doc_to_text(doc), return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        answers.append(extract_label(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)))
+    pairs = evaluation.pairs["tiny-adapter"]["tweet_sentiment_gen"]
+    assert pairs == [(d["label"], a) for d, a in zip(docs, answers)]
+    assert evaluation.results["tiny-adapter"]["tweet_sentiment_gen"]["invalid"] == answers.count(-1) / ROWS
+
+
+def test_lm_eval_cli_with_peft_answers_every_row_as_finetune_evaluate(
+    evaluation, tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
     cmd = [
         sys.executable, "-m", "lm_eval",
         "--include_path", str(tasks_path()),
-        "--tasks", "tweet_sentiment_mc",
+        "--tasks", "tweet_sentiment",
         "--model", "hf",
-        "--model_args", f"pretrained={tiny_model_dir}",
+        "--model_args", f"pretrained={tiny_model_dir},peft={tiny_adapter_dir}",
         "--device", "cpu",
-        "--limit", "6",
+        "--batch_size", "16",
+        "--limit", str(ROWS),
+        "--log_samples",
         "--output_path", str(tmp_path),
     ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "macro_f1" in run.stdout
-    [result_file] = tmp_path.rglob("results_*.json")
-    assert "acc,none" in json.loads(result_file.read_text())["results"]["tweet_sentiment_mc"]
+    for variant in ("tweet_sentiment_gen", "tweet_sentiment_mc"):
+        [samples] = tmp_path.rglob(f"samples_{variant}_*.jsonl")
+        rows = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
+        assert [tuple(s["macro_f1"]) for s in rows] == evaluation.pairs["tiny-adapter"][variant], variant
+    [results] = tmp_path.rglob("results_*.json")
+    scores = json.loads(results.read_text())["results"]
+    assert scores["tweet_sentiment_mc"]["acc,none"] == evaluation.results["tiny-adapter"]["tweet_sentiment_mc"]["acc"]

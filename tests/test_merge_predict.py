@@ -1,35 +1,29 @@
-"""`finetune merge` gives a plain model equal to base + adapter; `finetune predict` labels every row."""
+"""`finetune merge` gives a plain model equal to base + adapter; `finetune predict` labels every row as the
+benchmark's multiple-choice variant answers it."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.cli import main
-from finetune.predict import BadInput, read_rows
+from finetune.data import BadInput, load_task, read_rows
+from finetune.evaluate import evaluate
+from finetune.model import base_config
+from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
-TWEETS = ["I love this so much", "worst day ever", "the bus comes at nine", ""]
+ROWS = 8
 
 
 def test_merged_model_loads_plainly_and_matches_the_adapter(
     tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
 ) -> None:
-    main(
-        [
-            "merge",
-            "--base",
-            str(tiny_model_dir),
-            "--adapter",
-            str(tiny_adapter_dir),
-            "--out",
-            str(tmp_path),
-            "--dtype",
-            "float32",
-        ]
-    )
+    main(["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path),
+          "--dtype", "float32"])  # fmt: skip
     merged = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
@@ -46,30 +40,34 @@ def test_merge_defaults_to_16_bit(tiny_model_dir: Path, tiny_adapter_dir: Path, 
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_predict_labels_every_row(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, suffix: str) -> None:
+def test_predict_labels_every_row_as_evaluate_answers_it(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, suffix: str, label_logliks
+) -> None:
+    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
     source = tmp_path / f"in{suffix}"
     if suffix == ".jsonl":
-        source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TWEETS)))
+        source.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
     else:
-        source.write_text("id,text\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TWEETS)))
+        source.write_text(
+            "id,text\n" + "".join(f'{d["id"]},"{d["text"].replace(chr(34), 2 * chr(34))}"\n' for d in docs)
+        )
     out = tmp_path / "labeled.jsonl"
-    main(
-        [
-            "predict",
-            "--model",
-            str(tiny_model_dir),
-            "--adapter",
-            str(tiny_adapter_dir),
-            "--input",
-            str(source),
-            "--output",
-            str(out),
-        ]
-    )
+    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--input", str(source),
+          "--output", str(out)])  # fmt: skip
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [str(r["id"]) for r in rows] == [str(i) for i in range(len(TWEETS))]
-    assert all(r["prediction"] in ("negative", "neutral", "positive") for r in rows)
-    assert all(1 / 3 <= r["confidence"] <= 1 for r in rows)
+    assert [r["id"] for r in rows] == [d["id"] for d in docs]
+
+    scored = evaluate(
+        base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], tasks=("tweet_sentiment_mc",), limit=ROWS
+    )
+    assert [LABELS.index(r["prediction"]) for r in rows] == [
+        a for _, a in scored.pairs["tiny-adapter"]["tweet_sentiment_mc"]
+    ]
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
+    logliks = label_logliks(model, AutoTokenizer.from_pretrained(tiny_model_dir), [d["text"] for d in docs])
+    shares = [max(math.exp(x) for x in row) / sum(math.exp(x) for x in row) for row in logliks]
+    assert [r["confidence"] for r in rows] == pytest.approx(shares, abs=1e-4)
 
 
 def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
@@ -84,6 +82,15 @@ def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
     table.write_text("id,tweet\n1,hello\n")
     with pytest.raises(BadInput, match=rf"{table}:1: the CSV header has no `text` column"):
         read_rows(table)
+
+
+def test_the_cli_prints_a_users_error_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    table = tmp_path / "in.csv"
+    table.write_text("id,tweet\n1,hello\n")
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", "--input", str(table), "--output", str(tmp_path / "out.jsonl")])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == f"finetune predict: error: {table}:1: the CSV header has no `text` column\n"
 
 
 def test_demo_trains_then_scores_base_and_adapter(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:

@@ -7,18 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CONFIG, train_tiny
 from safetensors.torch import load_file
+from trl import get_quantization_config
 
+from finetune import FinetuneError
 from finetune.config import parse_train_args
 from finetune.data import load_task
-from finetune.train import build_trainer
+from finetune.model import base_config
+from finetune.train import build_trainer, compute_dtype
+
+TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 
 
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     config = tmp_path / "typo.yaml"
     config.write_text(TINY_CONFIG.read_text() + "lora_rank: 8\n")
-    with pytest.raises(ValueError, match="lora_rank"):
+    with pytest.raises(FinetuneError, match=f"{config}: .*lora_rank"):
         parse_train_args([str(config)])
 
 
@@ -30,7 +34,7 @@ def test_config_flags_override_the_yaml() -> None:
 def test_presets_are_found_by_name() -> None:
     _, sft, model_args = parse_train_args(["llama-3.1-8b-qlora"])
     assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4" and sft.fp16
-    with pytest.raises(SystemExit, match="embedded-cpu-quick"):
+    with pytest.raises(FinetuneError, match="embedded-cpu-quick"):
         parse_train_args(["no-such-preset"])
 
 
@@ -73,7 +77,7 @@ def test_the_saved_adapter_is_the_best_checkpoint(tiny_adapter_dir: Path) -> Non
 
 
 def test_resume_continues_from_the_last_checkpoint(
-    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_model_dir: Path, train_tiny, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "run"
     train_tiny(tiny_model_dir, out, "--max_steps", "3")
@@ -83,3 +87,24 @@ def test_resume_continues_from_the_last_checkpoint(
     assert f"Loading model from {out / 'checkpoint-3'}" in caplog.text
     steps = [row["step"] for row in json.loads((out / "train_log.json").read_text()) if "loss" in row]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_adapter_names_its_base_as_the_user_did_and_keeps_how_it_was_loaded(
+    tiny_adapter_dir: Path, tiny_model_dir: Path
+) -> None:
+    assert json.loads((tiny_adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_model_dir
+    )
+    model_args = json.loads((tiny_adapter_dir / "model_args.json").read_text())
+    assert (model_args["model_name_or_path"], model_args["load_in_4bit"], model_args["lora_r"]) == (
+        str(tiny_model_dir),
+        False,
+        8,
+    )
+
+
+def test_evaluate_loads_4_bit_bases_as_the_qlora_preset_trains_them() -> None:
+    _, sft, preset = parse_train_args(["llama-3.1-8b-qlora"])
+    preset.dtype = compute_dtype(sft)
+    scoring = base_config("meta-llama/Llama-3.1-8B-Instruct", "float16", load_in_4bit=True)
+    assert get_quantization_config(scoring).to_dict() == get_quantization_config(preset).to_dict()
