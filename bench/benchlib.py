@@ -54,9 +54,12 @@ def count_training_batches(trainer) -> BatchLog:
     make_loader = trainer.get_train_dataloader
 
     def counted_loader():
-        loader = make_loader()
-        loader.collate_fn = log.wrap(loader.collate_fn)
-        return loader
+        collate = trainer.data_collator  # the loader (accelerate's copy included) keeps the one it is built with
+        trainer.data_collator = log.wrap(collate)
+        try:
+            return make_loader()
+        finally:
+            trainer.data_collator = collate
 
     trainer.get_train_dataloader = counted_loader
     return log
