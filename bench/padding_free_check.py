@@ -47,8 +47,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     ids = rows_as_ids(tokenizer, args.rows)
     print(f"{args.rows} rows, {sum(map(len, ids))} tokens, {torch.cuda.get_device_name()}")
-    print("| attention | flat vs alone, use_cache=False (training) | same, use_cache=True | control: positions not "
-          "restarting | seconds |")
+    print(
+        "| attention | flat vs alone, use_cache=False (training) | same, use_cache=True | control: positions not "
+        "restarting | seconds |"
+    )
     print("|---|---|---|---|---|")
     for attn in args.attn:
         start = time.perf_counter()
@@ -56,7 +58,8 @@ def main() -> None:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn).cuda()
             same, control = max_difference(model, ids, True), max_difference(model, ids, False)
             cached = max_difference(model, ids, True, use_cache=True)
-            print(f"| {attn} | {same:.1e} | {cached:.1e} | {control:.1e} | {time.perf_counter() - start:.1f} |", flush=True)
+            seconds = time.perf_counter() - start
+            print(f"| {attn} | {same:.1e} | {cached:.1e} | {control:.1e} | {seconds:.1f} |", flush=True)
         except Exception as err:  # noqa: BLE001 - a missing kernel package is a result here, not a failure
             print(f"| {attn} | not available: {type(err).__name__}: {str(err)[:120]} | | |", flush=True)
 
