@@ -108,6 +108,13 @@ VARIANTS: dict[str, Variant] = {
         4,
         "fast at batch 256 with gradient checkpointing (the 16 GB budget)",
     ),
+    "ckpt-b192": Variant(
+        SEED_PRESET,
+        (*fast(192), "--gradient_checkpointing", "true"),
+        12,
+        4,
+        "fast at batch 192 with gradient checkpointing",
+    ),
     "ckpt-b128": Variant(
         SEED_PRESET,
         (*fast(128), "--gradient_checkpointing", "true"),
