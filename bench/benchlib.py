@@ -194,7 +194,7 @@ def environment() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[dist] = "-"
     return {
-        "card": torch.cuda.get_device_name(),
+        "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "cuda": str(torch.version.cuda),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         **versions,

@@ -52,9 +52,9 @@ def task_manager() -> TaskManager:
     return TaskManager(include_path=str(Path(lm_eval_tasks.__file__).parent), include_defaults=False)
 
 
-def load(base: str, adapter: str | None, dtype: torch.dtype, merged: bool = False):
-    """The base on the GPU, with the adapter attached (or folded in)."""
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype).to("cuda").eval()
+def load(base: str, adapter: str | None, dtype: torch.dtype, merged: bool = False, device: str = "cuda"):
+    """The base on the device, with the adapter attached (or folded in)."""
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype).to(device).eval()
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)
         if merged:
@@ -62,13 +62,19 @@ def load(base: str, adapter: str | None, dtype: torch.dtype, merged: bool = Fals
     return model
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None) -> dict:
     """One variant through lm-eval's evaluator; the seconds include lm-eval building the task."""
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     out = simple_evaluate(
         model=lm, tasks=[task], task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=False
     )
+    sync()
     seconds = time.perf_counter() - start
     values = out["results"][task]
     return {
@@ -81,11 +87,19 @@ def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None) -
     }
 
 
-def run_setting(setting: Setting, base: str, adapter: str | None, tasks: list[str], manager: TaskManager) -> list:
+def run_setting(
+    setting: Setting,
+    base: str,
+    adapter: str | None,
+    tasks: list[str],
+    manager: TaskManager,
+    limit: int | None = None,
+    device: str = "cuda",
+) -> list:
     """Every task for the base, then for base + adapter, with one loaded model per setting."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
     rows = []
-    model = load(base, adapter, DTYPES[setting.dtype], merged=False)
+    model = load(base, adapter, DTYPES[setting.dtype], merged=False, device=device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
     score(lm, manager, PINNED[0], limit=16)  # warm-up: CUDA context, cuBLAS handles, allocator
     states = ["base"] + (["adapter"] if adapter else [])
@@ -96,14 +110,15 @@ def run_setting(setting: Setting, base: str, adapter: str | None, tasks: list[st
         for task in tasks:
             if isinstance(model, PeftModel) and state == "base":
                 with model.disable_adapter():
-                    row = score(lm, manager, task)
+                    row = score(lm, manager, task, limit)
             else:
-                row = score(lm, manager, task)
+                row = score(lm, manager, task, limit)
             row.update(setting=str(setting), model=state if not setting.merged or state == "base" else "merged")
             rows.append(row)
             print("RESULT", row, flush=True)
     del lm, model
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -114,6 +129,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["float32:16", "bfloat16:256"], type=Setting.parse)
     parser.add_argument("--tasks", nargs="+", default=[*PINNED, *FULL])
     parser.add_argument("--full-data", type=Path, help="folder with the source's test.jsonl (mteb layout)")
+    parser.add_argument("--limit", type=int, help="score only the first N rows of each variant (a smoke test)")
+    parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, help="folder for the results JSON")
     args = parser.parse_args()
     if args.full_data:
@@ -124,7 +141,7 @@ def main() -> None:
     rows = []
     for setting in args.settings:
         try:
-            rows += run_setting(setting, args.base, args.adapter, args.tasks, manager)
+            rows += run_setting(setting, args.base, args.adapter, args.tasks, manager, args.limit, args.device)
         except Exception:  # noqa: BLE001 - one setting failing must not lose the others' numbers
             traceback.print_exc()
     print("\n| setting | model | task | rows | seconds | rows/s | acc | macro-F1 | invalid |\n" + "|---" * 9 + "|")
