@@ -21,15 +21,13 @@ import torch
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import lm_eval_tasks
-from finetune.model import resolve_model
+from finetune.data import task_manager
+from finetune.evaluate import BASE_NAME, active
+from finetune.model import base_config, load_model, load_tokenizer
 
 PINNED = ("tweet_sentiment_gen", "tweet_sentiment_mc")
 FULL = ("tweet_sentiment_gen_full", "tweet_sentiment_mc_full")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -45,21 +43,6 @@ class Setting:
 
     def __str__(self) -> str:
         return f"{self.dtype}:{self.batch_size}" + (":merged" if self.merged else "")
-
-
-def task_manager() -> TaskManager:
-    """The task folder of this package only, indexed once (lm-eval's own ~10k tasks are not scanned)."""
-    return TaskManager(include_path=str(Path(lm_eval_tasks.__file__).parent), include_defaults=False)
-
-
-def load(base: str, adapter: str | None, dtype: torch.dtype, merged: bool = False, device: str = "cuda"):
-    """The base on the device, with the adapter attached (or folded in)."""
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype).to(device).eval()
-    if adapter:
-        model = PeftModel.from_pretrained(model, adapter)
-        if merged:
-            model = model.merge_and_unload()
-    return model
 
 
 def sync() -> None:
@@ -94,26 +77,23 @@ def run_setting(
     tasks: list[str],
     manager: TaskManager,
     limit: int | None = None,
-    device: str = "cuda",
 ) -> list:
-    """Every task for the base, then for base + adapter, with one loaded model per setting."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
+    """Every task for the base, then for base + adapter, with one model per setting loaded as
+    `finetune evaluate` loads it (on the GPU where there is one)."""
+    model_args = base_config(base, setting.dtype)
+    tokenizer = load_tokenizer(model_args)
     rows = []
-    model = load(base, adapter, DTYPES[setting.dtype], merged=False, device=device)
+    model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
     score(lm, manager, PINNED[0], limit=16)  # warm-up: CUDA context, cuBLAS handles, allocator
-    states = ["base"] + (["adapter"] if adapter else [])
-    for state in states:
+    for state in [BASE_NAME] + (["adapter"] if adapter else []):
         if state == "adapter" and setting.merged:
             model = model.merge_and_unload()
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
         for task in tasks:
-            if isinstance(model, PeftModel) and state == "base":
-                with model.disable_adapter():
-                    row = score(lm, manager, task, limit)
-            else:
+            with active(model, state):
                 row = score(lm, manager, task, limit)
-            row.update(setting=str(setting), model=state if not setting.merged or state == "base" else "merged")
+            row.update(setting=str(setting), model=state if not setting.merged or state == BASE_NAME else "merged")
             rows.append(row)
             print("RESULT", row, flush=True)
     del lm, model
@@ -130,7 +110,6 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=[*PINNED, *FULL])
     parser.add_argument("--full-data", type=Path, help="folder with the source's test.jsonl (mteb layout)")
     parser.add_argument("--limit", type=int, help="score only the first N rows of each variant (a smoke test)")
-    parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, help="folder for the results JSON")
     args = parser.parse_args()
     if args.full_data:
@@ -141,7 +120,7 @@ def main() -> None:
     rows = []
     for setting in args.settings:
         try:
-            rows += run_setting(setting, args.base, args.adapter, args.tasks, manager, args.limit, args.device)
+            rows += run_setting(setting, args.base, args.adapter, args.tasks, manager, args.limit)
         except Exception:  # noqa: BLE001 - one setting failing must not lose the others' numbers
             traceback.print_exc()
     print("\n| setting | model | task | rows | seconds | rows/s | acc | macro-F1 | invalid |\n" + "|---" * 9 + "|")
