@@ -1,11 +1,12 @@
 """`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers."""
 
+import json
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from finetune.config import TaskArguments
-from finetune.data import load_task, training_sets
+from finetune.data import Table, load_task, read_rows, training_sets
 from finetune.model import hub_name, load_model, load_tokenizer, save_model_args
 from finetune.report import write_training_log
 
@@ -19,10 +20,39 @@ def compute_dtype(sft: SFTConfig) -> str:
     return "float32"
 
 
-def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
-    """An SFTTrainer on the task's prompt-completion pairs: loss on the answer and EOS only."""
+DATA_REPORT = "data_report.json"
+
+
+def user_tables(task_args: TaskArguments) -> dict[str, Table]:
+    """The user's train and validation files, checked row by row before any model is loaded."""
+    files = {"train": task_args.train_file, "validation": task_args.validation_file}
+    return {
+        split: read_rows(
+            Path(path),
+            text_column=task_args.text_column,
+            label_column=task_args.label_column,
+            min_confidence=task_args.min_confidence,
+            skip_bad_rows=task_args.skip_bad_rows,
+        )
+        for split, path in files.items()
+        if path
+    }
+
+
+def build_trainer(
+    task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, tables: dict[str, Table] | None = None
+) -> SFTTrainer:
+    """An SFTTrainer on the task's prompt-completion pairs (the pinned splits or the user's files, through the
+    task's own prompt): loss on the answer and EOS only."""
     model_args.dtype = compute_dtype(sft)
-    train_set, eval_set = training_sets(load_task(task_args.task), task_args.train_limit, task_args.eval_limit)
+    tables = user_tables(task_args) if tables is None else tables
+    train_set, eval_set = training_sets(
+        load_task(task_args.task),
+        task_args.train_limit,
+        task_args.eval_limit,
+        train_docs=tables["train"].rows if "train" in tables else None,
+        validation_docs=tables["validation"].rows if "validation" in tables else None,
+    )
     trainer = SFTTrainer(
         model=load_model(model_args),
         args=sft,
@@ -43,11 +73,15 @@ def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelCon
 
 def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
     """Train, keep the best adapter, and save it with how its base was loaded and its loss curve."""
-    trainer = build_trainer(task_args, sft, model_args)
+    tables = user_tables(task_args)
+    trainer = build_trainer(task_args, sft, model_args, tables)
     trainer.train(resume_from_checkpoint=True if task_args.resume else None)
     out = Path(sft.output_dir)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         save_model_args(model_args, out)
         write_training_log(trainer.state.log_history, out)
+        if tables:
+            report = {split: table.report() for split, table in tables.items()}
+            (out / DATA_REPORT).write_text(json.dumps(report, indent=1))
     return out
