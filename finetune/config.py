@@ -2,6 +2,7 @@
 which rejects keys that no dataclass declares."""
 
 import argparse
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,10 @@ class TaskArguments:
     train_limit: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     eval_limit: int | None = field(default=None, metadata={"help": "use only the first N validation rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace a used output_dir (kept aside until the new adapter is complete)"},
+    )
     train_file: str | None = field(
         default=None,
         metadata={
@@ -79,7 +84,30 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple[
     config = config_file(argv[0]) if argv and not argv[0].startswith("-") else None
     if config is not None:
         argv = ["--config", str(config), *argv[1:]]
+    parser = parser or make_parser()
     try:
-        return (parser or make_parser()).parse_args_and_config(argv)
-    except ValueError as err:  # what HfArgumentParser and the dataclasses say of unknown keys and bad values
+        *parsed, from_config, from_flags = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except ValueError as err:  # what HfArgumentParser and the dataclasses say of bad values
         raise FinetuneError(f"{config or 'finetune train'}: {' '.join(str(err).split())}") from None
+    if from_config:
+        keys = [arg.removeprefix("--") for arg in from_config[::2]]
+        raise FinetuneError(f"{config}: unknown keys: {unknown_flags(keys, parser, prefix='')}")
+    if from_flags:
+        raise FinetuneError(f"unrecognized arguments: {unknown_flags(from_flags, parser)}")
+    return tuple(parsed[: len(TRAIN_DATACLASSES)])  # as the CLI's subparser, a Namespace of its defaults follows
+
+
+def unknown_flags(args: list[str], parser: argparse.ArgumentParser, prefix: str = "--") -> str:
+    """Arguments no option takes (the flags, if any, without their values), each with the closest known flag."""
+    known = [option.removeprefix("--") for option in parser._option_string_actions if option.startswith("--")]
+    words = []
+    for arg in [arg for arg in args if arg.startswith(prefix)] or args:
+        close = (
+            difflib.get_close_matches(arg.split("=")[0].removeprefix(prefix), known, n=1)
+            if arg.startswith(prefix)
+            else []
+        )
+        words.append(f"{arg} (did you mean {prefix}{close[0]}?)" if close else arg)
+    return ", ".join(words)

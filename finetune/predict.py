@@ -10,6 +10,7 @@ from trl import ModelConfig
 
 from finetune.data import load_task, read_rows
 from finetune.model import load_model, load_tokenizer
+from finetune.outputs import check_output, written
 
 PREDICT_TASK = "tweet_sentiment_mc"
 
@@ -34,13 +35,31 @@ def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
     return labeled
 
 
-def predict(model_args: ModelConfig, adapter: str | None, source: Path, dest: Path, batch_size: int = 16) -> int:
-    """Label every row of `source` into `dest` (JSON Lines); the model is loaded as `finetune evaluate` loads it."""
-    rows = read_rows(source).rows
+def report_path(dest: Path) -> Path:
+    """Beside the labeled file: how many rows were read and which were skipped, with their lines."""
+    return dest.with_suffix(".report.json")
+
+
+def predict(
+    model_args: ModelConfig,
+    adapter: str | None,
+    source: Path,
+    dest: Path,
+    batch_size: int = 16,
+    skip_bad_rows: bool = False,
+    overwrite: bool = False,
+) -> int:
+    """Label every usable row of `source` into `dest` (JSON Lines), with a report beside it; the model is loaded
+    as `finetune evaluate` loads it, and only after the input and the output have been checked."""
+    for path in (dest, report_path(dest)):
+        check_output(path, overwrite)
+    table = read_rows(source, skip_bad_rows=skip_bad_rows)
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
-    labeled = label_rows(lm, rows)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with dest.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in labeled)
+    labeled = label_rows(lm, table.rows)
+    with written(dest, overwrite, folder=False) as staging:
+        with staging.open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in labeled)
+    with written(report_path(dest), overwrite, folder=False) as staging:
+        staging.write_text(json.dumps({**table.report(), "output": str(dest)}, indent=1))
     return len(labeled)
