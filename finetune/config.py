@@ -104,10 +104,12 @@ def unknown_flags(args: list[str], parser: argparse.ArgumentParser, prefix: str 
     known = [option.removeprefix("--") for option in parser._option_string_actions if option.startswith("--")]
     words = []
     for arg in [arg for arg in args if arg.startswith(prefix)] or args:
-        close = (
-            difflib.get_close_matches(arg.split("=")[0].removeprefix(prefix), known, n=1)
-            if arg.startswith(prefix)
-            else []
-        )
-        words.append(f"{arg} (did you mean {prefix}{close[0]}?)" if close else arg)
+        close = closest(arg.split("=")[0].removeprefix(prefix), known) if arg.startswith(prefix) else None
+        words.append(f"{arg} (did you mean {prefix}{close}?)" if close else arg)
     return ", ".join(words)
+
+
+def closest(word: str, known: list[str]) -> str | None:
+    """difflib's nearest names, preferring one that the word shortens or extends (`lora_rank` -> `lora_r`)."""
+    near = difflib.get_close_matches(word, known, n=3)
+    return min(near, key=lambda name: not (word.startswith(name) or name.startswith(word)), default=None)
