@@ -233,6 +233,26 @@ def read_rows(
     return table
 
 
+def drop_too_long(table: Table, lengths: list[int], limit: int, skip_bad_rows: bool) -> None:
+    """Rows longer than the model takes lose their answer in training (trl cuts the end) or their instruction in
+    scoring (lm-eval cuts the start): each is an error with its line, or, with `skip_bad_rows`, left out and counted.
+    `lengths` are the rows' token counts with the prompt and answer, in the table's order."""
+    too_long = [
+        f"{table.path}:{line}: {length} tokens with the prompt and answer, more than the {limit} the model takes"
+        for line, length in zip(table.lines, lengths)
+        if length > limit
+    ]
+    if too_long and not skip_bad_rows:
+        raise BadInput(too_long[0])
+    if too_long:
+        kept = [i for i, length in enumerate(lengths) if length <= limit]
+        table.rows, table.lines = [table.rows[i] for i in kept], [table.lines[i] for i in kept]
+        table.skipped += too_long
+        logger.warning("skipped %d row(s) of %s longer than %d tokens", len(too_long), table.path, limit)
+        if not table.rows:
+            raise BadInput(no_rows_message(table))
+
+
 def no_rows_message(table: Table) -> str:
     reasons = [f"{len(table.skipped)} bad, first: {table.skipped[0]}"] if table.skipped else []
     if table.below_min_confidence:

@@ -136,6 +136,8 @@ def check_base(model_args: ModelConfig) -> str:
     """The base's folder or Hub id, refused in one line before anything is loaded: a path that does not exist, a
     GGUF file, a folder without config or weights, or weights larger than the memory free where they would go."""
     name = model_args.model_name_or_path
+    if not name:
+        raise FinetuneError("no base model: set model_name_or_path in the config or pass --model_name_or_path")
     source = resolve_model(name)
     path = Path(source).expanduser()
     if path.is_file():

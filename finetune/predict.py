@@ -8,7 +8,7 @@ from pathlib import Path
 from lm_eval.models.huggingface import HFLM
 from trl import ModelConfig
 
-from finetune.data import load_task, read_rows
+from finetune.data import drop_too_long, load_task, read_rows
 from finetune.model import load_model, load_tokenizer
 from finetune.outputs import check_output, written
 
@@ -35,6 +35,13 @@ def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
     return labeled
 
 
+def scored_lengths(lm: HFLM, rows: list[dict]) -> list[int]:
+    """Tokens of each row's prompt and its longest label, as lm-eval scores them."""
+    task = load_task(PREDICT_TASK)
+    longest = max(len(lm.tok_encode(" " + label)) for label in task.doc_to_choice({}))
+    return [len(lm.tok_encode(task.doc_to_text(row))) + longest for row in rows]
+
+
 def report_path(dest: Path) -> Path:
     """Beside the labeled file: how many rows were read and which were skipped, with their lines."""
     return dest.with_suffix(".report.json")
@@ -56,6 +63,7 @@ def predict(
     table = read_rows(source, skip_bad_rows=skip_bad_rows)
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
+    drop_too_long(table, scored_lengths(lm, table.rows), lm.max_length, skip_bad_rows)
     labeled = label_rows(lm, table.rows)
     with written(dest, overwrite, folder=False) as staging:
         with staging.open("w", encoding="utf-8") as f:

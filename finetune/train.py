@@ -7,12 +7,18 @@ import threading
 from pathlib import Path
 
 from accelerate import PartialState
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from finetune import FinetuneError
 from finetune.config import TaskArguments
-from finetune.data import Table, load_task, read_rows, training_sets
+from finetune.data import Table, drop_too_long, load_task, prompt_completion, read_rows, training_sets
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
 from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
 from finetune.report import write_training_log
@@ -46,13 +52,29 @@ def user_tables(task_args: TaskArguments) -> dict[str, Table]:
     }
 
 
+def check_lengths(
+    tables: dict[str, Table], task_args: TaskArguments, tokenizer: PreTrainedTokenizerBase, max_length: int | None
+) -> None:
+    """Each row's prompt, answer and EOS in tokens against trl's `max_length`, beyond which the answer is cut."""
+    if not tables or max_length is None:
+        return
+    task = load_task(task_args.task)
+    for table in tables.values():
+        pairs = prompt_completion(task, table.rows)
+        ids = tokenizer([p + c for p, c in zip(pairs["prompt"], pairs["completion"])])["input_ids"]
+        drop_too_long(table, [len(row) + 1 for row in ids], max_length, task_args.skip_bad_rows)
+
+
 def build_trainer(
     task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, tables: dict[str, Table] | None = None
 ) -> SFTTrainer:
     """An SFTTrainer on the task's prompt-completion pairs (the pinned splits or the user's files, through the
     task's own prompt): loss on the answer and EOS only."""
     model_args.dtype = compute_dtype(sft)
-    tables = user_tables(task_args) if tables is None else tables
+    tokenizer = load_tokenizer(model_args)
+    if tables is None:
+        tables = user_tables(task_args)
+        check_lengths(tables, task_args, tokenizer, sft.max_length)
     train_set, eval_set = training_sets(
         load_task(task_args.task),
         task_args.train_limit,
@@ -65,7 +87,7 @@ def build_trainer(
         args=sft,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        processing_class=load_tokenizer(model_args),
+        processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
     for config in trainer.model.peft_config.values():
@@ -139,9 +161,10 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, res
     the user's files. The final files are written beside the run folder and renamed into it; a signal stops the
     run with a checkpoint and `Interrupted`, whose message says how to resume."""
     out = Path(sft.output_dir)
-    tables = user_tables(task_args)
     model_args.dtype = compute_dtype(sft)
+    tables = user_tables(task_args)
     check_base(model_args)
+    check_lengths(tables, task_args, load_tokenizer(model_args), sft.max_length)
     replaced = claim_run_folder(out, task_args)
     stop = StopOnSignal()
     try:

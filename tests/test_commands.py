@@ -107,3 +107,9 @@ def test_a_missing_adapter_is_one_line(tiny_model_dir: Path, tmp_path: Path, cap
     assert line.startswith(
         f"finetune merge: error: no adapter at {tmp_path / 'nope'}: not a folder with adapter_config"
     )
+
+
+def test_a_config_without_a_base_model_says_so(capsys) -> None:
+    assert error_of(["train", str(TINY_CONFIG)], capsys) == (
+        "finetune train: error: no base model: set model_name_or_path in the config or pass --model_name_or_path"
+    )

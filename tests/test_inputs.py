@@ -235,3 +235,23 @@ def test_min_confidence_needs_a_confidence_and_says_when_nothing_is_left(tmp_pat
         f"{path}: no usable rows (1 bad, first: {path}:2: no number in `confidence` (got None); "
         "1 below --min_confidence)"
     )
+
+
+def test_a_row_longer_than_the_model_takes_is_named_not_cut(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # trl would cut the answer off the end of such a row, and lm-eval the instruction off its start
+    rows = [{"text": d["text"], "label": d["label"]} for d in DOCS]
+    rows[2]["text"] = "so long " * 400
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(BadInput, match=rf"^{train}:3: \d+ tokens with the prompt and answer, more than the 256 the"):
+        trainer_on(tiny_model_dir, tmp_path / "out", "--train_file", str(train), "--max_length", "256")
+    trainer = trainer_on(tiny_model_dir, tmp_path / "out", "--train_file", str(train), "--max_length", "256",
+                         "--skip_bad_rows", "true")  # fmt: skip
+    assert len(trainer.train_dataset) == len(DOCS) - 1
+
+    labeled = tmp_path / "labeled.jsonl"
+    predict = ["predict", "--model", str(tiny_model_dir), "--input", str(train), "--output", str(labeled)]
+    with pytest.raises(SystemExit):
+        main(predict)
+    main([*predict, "--skip-bad-rows"])
+    report = json.loads((tmp_path / "labeled.report.json").read_text())
+    assert report["rows"] == len(DOCS) - 1 and report["skipped_rows"][0].startswith(f"{train}:3: ")
