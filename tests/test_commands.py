@@ -113,3 +113,10 @@ def test_a_config_without_a_base_model_says_so(capsys) -> None:
     assert error_of(["train", str(TINY_CONFIG)], capsys) == (
         "finetune train: error: no base model: set model_name_or_path in the config or pass --model_name_or_path"
     )
+
+
+def test_an_unknown_task_is_named_with_the_known_ones(tmp_path: Path, capsys) -> None:
+    assert error_of(["evaluate", "--tasks", "tweet_sentiment_gne", "--out", str(tmp_path / "r")], capsys) == (
+        "finetune evaluate: error: unknown task tweet_sentiment_gne (tasks: tweet_sentiment, tweet_sentiment_full, "
+        "tweet_sentiment_gen, tweet_sentiment_gen_full, tweet_sentiment_mc, tweet_sentiment_mc_full)"
+    )
