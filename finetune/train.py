@@ -197,8 +197,9 @@ def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, tables
     trainer.save_model(str(staging))
     save_model_args(model_args, staging)
     write_training_log(trainer.state.log_history, staging)
-    if tables:
-        report = {split: table.report() for split, table in tables.items()}
+    if tables:  # `used`: after train_limit / eval_limit, which apply to the user's files too
+        used = {"train": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
+        report = {split: {**table.report(), "used": used[split]} for split, table in tables.items()}
         (staging / DATA_REPORT).write_text(json.dumps(report, indent=1))
     move_into(staging, out)
 

@@ -98,7 +98,7 @@ def test_skipped_training_rows_are_counted_beside_the_adapter(
     adapter = train_tiny(tiny_model_dir, tmp_path / "out", "--train_file", str(train), "--skip_bad_rows", "true",
                          "--max_steps", "2", "--eval_steps", "1", "--save_steps", "1")  # fmt: skip
     report = json.loads((adapter / DATA_REPORT).read_text())["train"]
-    assert report["rows"] == len(DOCS) - 2 and report["skipped_rows"] == [
+    assert report["rows"] == report["used"] == len(DOCS) - 2 and report["skipped_rows"] == [
         f"{train}:4: `text` is only whitespace",
         f"{train}:6: label 'joyful' is not one of negative, neutral, positive (or 0-2)",
     ]
