@@ -56,7 +56,7 @@ show "A byte order mark is read as plain UTF-8" finetune predict --input bom.csv
 show "A very long line: more tokens than the model takes" finetune predict --input long_line.jsonl --output labeled.jsonl
 show "... skipped on request, counted and reported" finetune predict --input long_line.jsonl --output labeled.jsonl --skip-bad-rows
 echo '```console'; echo '$ cat labeled.report.json'; cat labeled.report.json; echo; echo '```'; echo
-show "A missing input file" finetune predict --input missing.jsonl --output labeled.jsonl
+show "A missing input file" finetune predict --input missing.jsonl --output missing_labeled.jsonl
 
 echo "## Training files"; echo
 show "An unknown label (and an empty text) in a training file" finetune train embedded-cpu-quick --train_file mine.csv --output_dir runs/mine

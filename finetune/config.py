@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from finetune import FinetuneError
@@ -85,18 +86,32 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple[
     if config is not None:
         argv = ["--config", str(config), *argv[1:]]
     parser = parser or make_parser()
+    if config is not None:
+        check_keys(config, parser)
     try:
-        *parsed, from_config, from_flags = parser.parse_args_and_config(
+        *parsed, _, from_flags = parser.parse_args_and_config(
             argv, return_remaining_strings=True, separate_remaining_strings=True
         )
     except ValueError as err:  # what HfArgumentParser and the dataclasses say of bad values
         raise FinetuneError(f"{config or 'finetune train'}: {' '.join(str(err).split())}") from None
-    if from_config:
-        keys = [arg.removeprefix("--") for arg in from_config[::2]]
-        raise FinetuneError(f"{config}: unknown keys: {unknown_flags(keys, parser, prefix='')}")
     if from_flags:
         raise FinetuneError(f"unrecognized arguments: {unknown_flags(from_flags, parser)}")
     return tuple(parsed[: len(TRAIN_DATACLASSES)])  # as the CLI's subparser, a Namespace of its defaults follows
+
+
+def check_keys(config: Path, parser: argparse.ArgumentParser) -> None:
+    """Unknown keys of a config file, named before the dataclasses judge the values (whose errors would hide
+    a misspelled key behind a complaint about a default)."""
+    try:
+        values = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as err:
+        raise FinetuneError(f"{config}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(values, dict):
+        raise FinetuneError(f"{config}: expected a mapping of keys to values")
+    known = {action.dest for action in parser._actions} | {"env"}  # trl's parser reads `env` itself
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise FinetuneError(f"{config}: unknown keys: {unknown_flags(unknown, parser, prefix='')}")
 
 
 def unknown_flags(args: list[str], parser: argparse.ArgumentParser, prefix: str = "--") -> str:

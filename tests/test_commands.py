@@ -120,3 +120,13 @@ def test_an_unknown_task_is_named_with_the_known_ones(tmp_path: Path, capsys) ->
         "finetune evaluate: error: unknown task tweet_sentiment_gne (tasks: tweet_sentiment, tweet_sentiment_full, "
         "tweet_sentiment_gen, tweet_sentiment_gen_full, tweet_sentiment_mc, tweet_sentiment_mc_full)"
     )
+
+
+def test_a_misspelled_key_is_named_before_the_values_are_judged(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "mine.yaml"  # bf16 on a CPU would be refused too, but the typo is what the user must see
+    config.write_text("model_name_or_path: embedded\nlora_rank: 8\n")
+    assert error_of(["train", str(config)], capsys) == (
+        f"finetune train: error: {config}: unknown keys: lora_rank (did you mean lora_r?)"
+    )
+    config.write_text("lora_r: [8\n")
+    assert error_of(["train", str(config)], capsys).startswith(f"finetune train: error: {config}: not valid YAML (")
