@@ -201,10 +201,11 @@ def read_rows(
     """The rows of a JSON Lines or CSV file, checked one by one: a bad row stops the read with its file and
     line, or, with `skip_bad_rows`, is left out and counted. Read by hand, since datasets' loaders name no line."""
     path = Path(path)
-    if path.suffix not in (".jsonl", ".csv"):
+    kind = path.suffix.lower()
+    if kind not in (".jsonl", ".csv"):
         raise BadInput(f"{path}: expected a .jsonl or .csv file")
     text = read_text(path)
-    records = csv_records(path, text, text_column) if path.suffix == ".csv" else jsonl_records(path, text)
+    records = csv_records(path, text, text_column) if kind == ".csv" else jsonl_records(path, text)
     table, first_line_of_id = Table(path), {}
     for number, record in records:
         try:

@@ -198,7 +198,7 @@ def test_file_level_problems_are_one_line_each(tmp_path: Path) -> None:
 
 
 def test_a_byte_order_mark_and_windows_line_ends_are_read_as_plain_utf8(tmp_path: Path) -> None:
-    table = tmp_path / "excel.csv"
+    table = tmp_path / "EXCEL.CSV"
     table.write_bytes(codecs.BOM_UTF8 + "text,label\r\ncafé,positive\r\n".encode())
     lines = tmp_path / "bom.jsonl"
     lines.write_bytes(codecs.BOM_UTF8 + b'{"text": "caf\\u00e9", "label": 2}\r\n')
