@@ -9,7 +9,7 @@ mkdir -p "$WORK" && cd "$WORK" || exit 1
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PY="${PYTHON:-python}"
 finetune() { "$PY" -m finetune.cli "$@"; }
-NOISE='Warning|warnings.warn|it/s\]|s/it\]|examples/s\]|Custom kwargs|--metadata=|^\s*$|^\{.*(loss|runtime)'
+NOISE='\[A\s*$|Warning|warnings.warn|it/s\]|s/it\]|examples/s\]|Custom kwargs|--metadata=|^\s*$|\{.(loss|eval_loss|train_runtime).'
 show() {  # show TITLE COMMAND...: the command as typed, then its filtered output and exit status
   echo "### $1"; shift
   echo; echo '```console'; echo "\$ $*"
@@ -53,6 +53,7 @@ show "A header-only CSV" finetune predict --input header_only.csv --output label
 show "A CSV without the text column" finetune predict --input no_text_column.csv --output labeled.jsonl
 show "Duplicate ids" finetune predict --input duplicate_ids.jsonl --output labeled.jsonl
 show "A byte order mark is read as plain UTF-8" finetune predict --input bom.csv --output bom_labeled.jsonl
+echo '```console'; echo '$ cat bom_labeled.jsonl'; cat bom_labeled.jsonl; echo '```'; echo
 show "A very long line: more tokens than the model takes" finetune predict --input long_line.jsonl --output labeled.jsonl
 show "... skipped on request, counted and reported" finetune predict --input long_line.jsonl --output labeled.jsonl --skip-bad-rows
 echo '```console'; echo '$ cat labeled.report.json'; cat labeled.report.json; echo; echo '```'; echo

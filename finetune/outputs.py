@@ -26,6 +26,9 @@ def check_output(dest: Path, overwrite: bool = False, flag: str = "--overwrite")
     if is_used(dest) and not overwrite:
         kind = "folder is not empty" if dest.is_dir() else "file exists"
         raise OutputExists(f"{dest}: the {kind}; pass {flag} to replace it")
+    blocking = next((folder for folder in dest.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise FinetuneError(f"{dest}: cannot write there ({blocking} is a file, not a folder)")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent)).rmdir()

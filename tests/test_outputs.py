@@ -95,7 +95,11 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path: Path, capsys) ->
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "hello"}\n')
     message = one_line_error(capsys, ["predict", "--input", str(source), "--output", str(blocker / "labeled.jsonl")])
-    assert message.startswith(f"finetune predict: error: {blocker / 'labeled.jsonl'}: cannot write there (")
+    target = blocker / "labeled.jsonl"
+    assert message == f"finetune predict: error: {target}: cannot write there ({blocker} is a file, not a folder)"
+    read_only = Path("/proc/finetune-test/labeled.jsonl")  # not writable even by root
+    message = one_line_error(capsys, ["predict", "--input", str(source), "--output", str(read_only)])
+    assert message.startswith(f"finetune predict: error: {read_only}: cannot write there (")
 
 
 def test_a_used_run_folder_is_continued_only_with_resume_and_replaced_only_with_overwrite(
