@@ -78,7 +78,10 @@ def written(dest: Path, overwrite: bool = False, folder: bool = True) -> Iterato
     try:
         yield staging
     except BaseException:
-        shutil.rmtree(staging) if staging.is_dir() else staging.unlink(missing_ok=True)
+        if staging.is_dir():
+            shutil.rmtree(staging)
+        else:
+            staging.unlink(missing_ok=True)
         raise
     replace_with(staging, dest)
 

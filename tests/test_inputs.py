@@ -15,7 +15,8 @@ from finetune.train import DATA_REPORT, build_trainer
 from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
-SOURCE_TRAIN = Path("/work/shared/data/tweet_sentiment_extraction/train.jsonl")
+# The source's whole train split, beside the checkout (../shared) where the project keeps it; absent elsewhere.
+SOURCE_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/tweet_sentiment_extraction/train.jsonl"
 DOCS = [json.loads(line) for line in (DATA_DIR / "train.jsonl").read_text().splitlines()[:12]]
 
 
