@@ -15,28 +15,31 @@ from lm_eval_tasks.tweet_sentiment.utils import INVALID, LABELS, extract_label
 
 NO_LETTERS = st.text(st.characters(exclude_categories=("L",), exclude_characters="\n"))
 TEXTS = st.lists(st.text().filter(str.strip), min_size=1, max_size=5)
-settings.register_profile("finetune", deadline=None, max_examples=150)
-settings.load_profile("finetune")
+EXAMPLES = settings(deadline=None, max_examples=150)  # no deadline: the machine may be busy with other work
 
 
+@EXAMPLES
 @given(st.text(), st.text(), st.text())
 def test_only_the_first_line_counts(first: str, second: str, other: str) -> None:
     line = first.split("\n")[0]
     assert extract_label(f"{line}\n{second}") == extract_label(f"{line}\n{other}") == extract_label(line)
 
 
+@EXAMPLES
 @given(NO_LETTERS, st.sampled_from(LABELS), NO_LETTERS, st.text())
 def test_a_label_amid_punctuation_is_found_in_any_case(before: str, label: str, after: str, rest: str) -> None:
     for form in (label, label.upper(), label.title()):
         assert extract_label(f"{before}{form}{after}\n{rest}") == LABELS.index(label)
 
 
+@EXAMPLES
 @given(st.text(st.characters(categories=("Ll",)), min_size=1))
 def test_a_single_word_that_is_not_a_label_is_invalid(word: str) -> None:
     result = extract_label(word)
     assert result == (LABELS.index(word) if word in LABELS else INVALID)
 
 
+@EXAMPLES
 @given(st.text())
 def test_the_answer_is_invalid_or_a_label_word_of_the_first_line(answer: str) -> None:
     result = extract_label(answer)
@@ -51,6 +54,7 @@ def read_written(suffix: str, write: Callable[[Path], object], **options) -> Tab
         return read_rows(path, **options)
 
 
+@EXAMPLES
 @given(TEXTS, st.booleans())
 def test_jsonl_gives_back_every_text_exactly(texts: list[str], ascii_only: bool) -> None:
     lines = "".join(json.dumps({"id": i, "text": t}, ensure_ascii=ascii_only) + "\n" for i, t in enumerate(texts))
@@ -58,6 +62,7 @@ def test_jsonl_gives_back_every_text_exactly(texts: list[str], ascii_only: bool)
     assert [row["text"] for row in table.rows] == texts
 
 
+@EXAMPLES
 @given(TEXTS)
 def test_csv_gives_back_every_text_exactly(texts: list[str]) -> None:
     def write(path: Path) -> None:
@@ -67,6 +72,7 @@ def test_csv_gives_back_every_text_exactly(texts: list[str]) -> None:
     assert [row["text"] for row in read_written(".csv", write).rows] == texts
 
 
+@EXAMPLES
 @given(st.binary(), st.sampled_from([".jsonl", ".csv"]), st.booleans())
 def test_any_bytes_are_rows_or_one_bad_input(data: bytes, suffix: str, skip: bool) -> None:
     try:
@@ -77,6 +83,7 @@ def test_any_bytes_are_rows_or_one_bad_input(data: bytes, suffix: str, skip: boo
         assert table.rows and len(table.rows) == len(table.lines)
 
 
+@EXAMPLES
 @given(st.lists(st.one_of(st.text(), st.builds(json.dumps, st.dictionaries(st.text(), st.text()))), max_size=8))
 def test_skipping_accounts_for_every_line(lines: list[str]) -> None:
     lines = [line.replace("\n", " ").replace("\r", " ") for line in lines]
