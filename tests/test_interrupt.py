@@ -32,14 +32,16 @@ def test_sigterm_checkpoints_and_the_named_command_resumes_to_the_uninterrupted_
     command = [sys.executable, "-m", "finetune.cli", "train", str(TINY_CONFIG), "--model_name_or_path",
                str(tiny_model_dir), "--output_dir", str(out), *RUN]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in process.stdout:  # the Trainer prints a log line after each step
-        if "'loss'" in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    _, err = process.communicate(timeout=300)
+    stderr = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars must not fill a buffer nobody reads
+    with stderr.open("w") as err:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        for line in process.stdout:  # the Trainer prints a log line after each step
+            if "'loss'" in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM
-    message = err.strip().splitlines()[-1]
+    message = stderr.read_text().strip().splitlines()[-1]
     step = int(message.split("after step ")[1].split(" ")[0])
     resume = shlex.join(["finetune", "train", *command[4:], "--resume", "true"])
     assert message == (
