@@ -29,11 +29,14 @@ def load_task(name: str = TRAIN_TASK) -> Task:
     return task_manager().load([name])["tasks"][name]
 
 
+def first(docs: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return docs if limit is None else docs.select(range(min(limit, len(docs))))
+
+
 def prompt_completion(task: Task, docs: datasets.Dataset, limit: int | None = None) -> datasets.Dataset:
     """Rows of {prompt, completion}: the task's own `doc_to_text`, then its target delimiter and target.
     trl's SFTTrainer masks the prompt out of the loss and appends EOS to the completion."""
-    if limit is not None:
-        docs = docs.select(range(min(limit, len(docs))))
+    docs = first(docs, limit)
     rows = [
         {"prompt": task.doc_to_text(doc), "completion": task.config.target_delimiter + task.doc_to_target(doc)}
         for doc in docs

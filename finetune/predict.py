@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from trl import ModelConfig
 
@@ -14,23 +15,28 @@ from finetune.model import load_model, load_tokenizer
 PREDICT_TASK = "tweet_sentiment_mc"
 
 
-def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
-    """Each row plus `prediction` (a label word) and `confidence` (its softmax share over the labels)."""
-    task = load_task(PREDICT_TASK)
+def choice_logliks(lm: HFLM, task: Task, rows: list[dict], disable_tqdm: bool = False) -> list[list[float]]:
+    """Per row, the log-likelihood of each label after the prompt: the requests the multiple-choice variant
+    sends, so an answer here is the benchmark's answer."""
     requests = [
         request
         for i, row in enumerate(rows)
-        for request in task.construct_requests(row, task.doc_to_text(row), metadata=(PREDICT_TASK, i, 1))
+        for request in task.construct_requests(row, task.doc_to_text(row), metadata=(task.config.task, i, 1))
     ]
-    logliks = [loglik for loglik, _ in lm.loglikelihood(requests)]
+    logliks = [loglik for loglik, _ in lm.loglikelihood(requests, disable_tqdm=disable_tqdm)]
+    per_row = len(logliks) // len(rows) if rows else 0
+    return [logliks[i * per_row : (i + 1) * per_row] for i in range(len(rows))]
+
+
+def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
+    """Each row plus `prediction` (a label word) and `confidence` (its softmax share over the labels)."""
+    task = load_task(PREDICT_TASK)
     labels = task.doc_to_choice(rows[0]) if rows else []
     labeled = []
-    for i, row in enumerate(rows):
-        scores = logliks[i * len(labels) : (i + 1) * len(labels)]
+    for row, scores in zip(rows, choice_logliks(lm, task, rows), strict=True):
         top = max(scores)
         total = sum(math.exp(s - top) for s in scores)
-        best = scores.index(top)
-        labeled.append({**row, "prediction": labels[best], "confidence": round(1 / total, 4)})
+        labeled.append({**row, "prediction": labels[scores.index(top)], "confidence": round(1 / total, 4)})
     return labeled
 
 
