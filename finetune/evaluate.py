@@ -15,8 +15,8 @@ from trl import ModelConfig
 
 from finetune.data import TASK_GROUP, task_manager
 from finetune.model import load_model, load_tokenizer
+from finetune.report import BASE_NAME
 
-BASE_NAME = "base"
 METRICS = ("acc", "macro_f1", "f1_negative", "f1_neutral", "f1_positive", "invalid")
 
 
