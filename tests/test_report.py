@@ -64,4 +64,3 @@ def test_an_adapter_below_its_base_is_flagged_and_a_sound_one_is_not() -> None:
     assert warnings(evaluation) == [
         f"worse · tweet_sentiment_mc: macro-F1 {macro_f1(worse):.3f} is below the base's {macro_f1(base):.3f}"
     ]
-
