@@ -21,6 +21,31 @@ class TaskArguments:
     train_limit: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     eval_limit: int | None = field(default=None, metadata={"help": "use only the first N validation rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "your own training rows (.jsonl or .csv) instead of the task's pinned train split; "
+            "without --validation_file they are validated on the task's pinned validation split"
+        },
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "your own validation rows (.jsonl or .csv), read like --train_file"}
+    )
+    text_column: str = field(default="text", metadata={"help": "column of --train_file/--validation_file with text"})
+    label_column: str = field(
+        default="label",
+        metadata={
+            "help": "column with the label, as the word or its index (`prediction` for `finetune predict` output)"
+        },
+    )
+    min_confidence: float | None = field(
+        default=None,
+        metadata={"help": "keep only rows whose `confidence` (as `finetune predict` writes it) is at least this"},
+    )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={"help": "leave out unusable rows of the files (counted in data_report.json) instead of stopping"},
+    )
 
 
 TRAIN_DATACLASSES = (TaskArguments, SFTConfig, ModelConfig)

@@ -1,9 +1,17 @@
 """The task and its rows: training text derived from the lm-eval task itself, so that it cannot drift from
 what is scored, and the user's own files read with errors that name the file and line."""
 
+import codecs
 import csv
+import io
 import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import datasets
 from lm_eval.api.task import Task
@@ -11,6 +19,7 @@ from lm_eval.tasks import TaskManager
 
 import lm_eval_tasks
 from finetune import FinetuneError
+from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
 TASK_GROUP = "tweet_sentiment"
 TRAIN_TASK = "tweet_sentiment_gen"
@@ -29,28 +38,28 @@ def load_task(name: str = TRAIN_TASK) -> Task:
     return task_manager().load([name])["tasks"][name]
 
 
-def first(docs: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    return docs if limit is None else docs.select(range(min(limit, len(docs))))
-
-
-def prompt_completion(task: Task, docs: datasets.Dataset, limit: int | None = None) -> datasets.Dataset:
+def prompt_completion(task: Task, docs: Iterable[dict], limit: int | None = None) -> datasets.Dataset:
     """Rows of {prompt, completion}: the task's own `doc_to_text`, then its target delimiter and target.
     trl's SFTTrainer masks the prompt out of the loss and appends EOS to the completion."""
-    docs = first(docs, limit)
     rows = [
         {"prompt": task.doc_to_text(doc), "completion": task.config.target_delimiter + task.doc_to_target(doc)}
-        for doc in docs
+        for doc in islice(docs, limit)
     ]
     return datasets.Dataset.from_list(rows)
 
 
 def training_sets(
-    task: Task, train_limit: int | None = None, eval_limit: int | None = None
+    task: Task,
+    train_limit: int | None = None,
+    eval_limit: int | None = None,
+    train_docs: Iterable[dict] | None = None,
+    validation_docs: Iterable[dict] | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """The pinned train and validation splits as prompt-completion data sets."""
+    """Train and validation rows as prompt-completion data sets: the given docs (a user's file), else the
+    task's pinned splits."""
     return (
-        prompt_completion(task, task.training_docs(), train_limit),
-        prompt_completion(task, task.validation_docs(), eval_limit),
+        prompt_completion(task, task.training_docs() if train_docs is None else train_docs, train_limit),
+        prompt_completion(task, task.validation_docs() if validation_docs is None else validation_docs, eval_limit),
     )
 
 
@@ -58,25 +67,176 @@ class BadInput(FinetuneError):
     """A file that cannot be used as it is; the message names the file and line."""
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows with a string `text`, from JSON Lines or CSV; read by hand so that errors name the line."""
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if "text" not in (reader.fieldnames or []):
-                raise BadInput(f"{path}:1: the CSV header has no `text` column")
-            return [dict(row) for row in reader]
-    if path.suffix != ".jsonl":
-        raise BadInput(f"{path}: expected a .jsonl or .csv file")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+class BadRow(ValueError):
+    """One unusable row; the reader adds the file and line, and stops or counts it as the user asked."""
+
+
+logger = logging.getLogger(__name__)
+# Text may be long (a whole document in one cell): the model truncates, the reader must not refuse.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+@dataclass
+class Table:
+    """The usable rows of a user's file, the line each starts on, and every row left out with why."""
+
+    path: Path
+    rows: list[dict] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    below_min_confidence: int = 0
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "rows": len(self.rows),
+            "skipped": len(self.skipped),
+            "below_min_confidence": self.below_min_confidence,
+            "skipped_rows": self.skipped,
+        }
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 with or without a byte order mark; anything else is named, with its line."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: a folder, not a .jsonl or .csv file") from None
+    if data.startswith(UTF16_BOMS):
+        raise BadInput(f"{path}:1: UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise BadInput(f"{path}:{line}: not UTF-8 (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+    if not text.strip():
+        raise BadInput(f"{path}: the file is empty")
+    return text
+
+
+def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict | BadRow]]:
+    """Each non-blank line as a JSON object; lines split on newline only, since JSON strings may hold U+2028."""
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise BadInput(f"{path}:{number}: expected an object with a string `text`")
-        rows.append(row)
-    return rows
+        except json.JSONDecodeError as err:
+            yield number, BadRow(f"not valid JSON ({err.msg})")
+            continue
+        yield number, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")
+
+
+def csv_records(path: Path, text: str, text_column: str) -> Iterator[tuple[int, dict | BadRow]]:
+    """Each CSV record under the header's names, numbered by the line it starts on."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        if text_column not in header:
+            raise BadInput(
+                f"{path}:{reader.line_num}: the CSV header has no `{text_column}` column "
+                f"(it has: {', '.join(header) or 'nothing'})"
+            )
+        start = reader.line_num + 1
+        for fields in reader:
+            number, start = start, reader.line_num + 1
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                yield number, BadRow(f"{len(fields)} fields where the header has {len(header)}")
+            else:
+                yield number, dict(zip(header, fields))
+    except csv.Error as err:
+        raise BadInput(f"{path}:{reader.line_num}: not readable as CSV ({err})") from None
+
+
+def label_index(value: Any) -> int:
+    """A label as the word (any case) or its index into the task's label set."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in LABELS:
+            return LABELS.index(word)
+        if word.isascii() and word.isdigit():
+            value = int(word)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(LABELS):
+        return value
+    raise BadRow(f"label {value!r} is not one of {', '.join(LABELS)} (or 0-{len(LABELS) - 1})")
+
+
+def confidence(row: dict) -> float:
+    try:
+        return float(row["confidence"])
+    except (KeyError, TypeError, ValueError):
+        raise BadRow(f"no number in `confidence` (got {row.get('confidence')!r})") from None
+
+
+def check_row(row: dict, text_column: str, label_column: str | None) -> dict:
+    """The row as the task's docs are (`text`, and `label` as an index) if it is usable, else BadRow."""
+    text = row.get(text_column)
+    if text is None:
+        raise BadRow(f"no `{text_column}`" if text_column not in row else f"`{text_column}` is null")
+    if not isinstance(text, str):
+        raise BadRow(f"`{text_column}` is not a string (got {text!r})")
+    if not text.strip():
+        raise BadRow(f"`{text_column}` is empty" if not text else f"`{text_column}` is only whitespace")
+    doc = {**row, "text": text}
+    if label_column is not None:
+        if label_column not in row:
+            raise BadRow(f"no `{label_column}`")
+        doc["label"] = label_index(row[label_column])
+        doc["label_text"] = LABELS[doc["label"]]
+    return doc
+
+
+def read_rows(
+    path: Path,
+    text_column: str = "text",
+    label_column: str | None = None,
+    min_confidence: float | None = None,
+    skip_bad_rows: bool = False,
+) -> Table:
+    """The rows of a JSON Lines or CSV file, checked one by one: a bad row stops the read with its file and
+    line, or, with `skip_bad_rows`, is left out and counted. Read by hand, since datasets' loaders name no line."""
+    path = Path(path)
+    if path.suffix not in (".jsonl", ".csv"):
+        raise BadInput(f"{path}: expected a .jsonl or .csv file")
+    text = read_text(path)
+    records = csv_records(path, text, text_column) if path.suffix == ".csv" else jsonl_records(path, text)
+    table, first_line_of_id = Table(path), {}
+    for number, record in records:
+        try:
+            if isinstance(record, BadRow):
+                raise record
+            doc = check_row(record, text_column, label_column)
+            if min_confidence is not None and confidence(record) < min_confidence:
+                table.below_min_confidence += 1
+                continue
+            key = doc.get("id")
+            if key not in (None, "") and str(key) in first_line_of_id:
+                raise BadRow(f"duplicate id {key!r} (first on line {first_line_of_id[str(key)]})")
+        except BadRow as err:
+            if not skip_bad_rows:
+                raise BadInput(f"{path}:{number}: {err}") from None
+            table.skipped.append(f"{path}:{number}: {err}")
+            continue
+        if key not in (None, ""):
+            first_line_of_id[str(key)] = number
+        table.rows.append(doc)
+        table.lines.append(number)
+    if not table.rows:
+        raise BadInput(no_rows_message(table))
+    if table.skipped:
+        logger.warning("skipped %d bad row(s) of %s; first: %s", len(table.skipped), path, table.skipped[0])
+    return table
+
+
+def no_rows_message(table: Table) -> str:
+    reasons = [f"{len(table.skipped)} bad, first: {table.skipped[0]}"] if table.skipped else []
+    if table.below_min_confidence:
+        reasons.append(f"{table.below_min_confidence} below --min_confidence")
+    if not reasons:
+        return f"{table.path}: the file has a header but no rows"
+    return f"{table.path}: no usable rows ({'; '.join(reasons)})"

@@ -1,6 +1,8 @@
 """`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers, with
 checkpoints judged by the benchmark's own measure."""
 
+import json
+from itertools import islice
 from pathlib import Path
 
 from lm_eval.models.huggingface import HFLM
@@ -9,7 +11,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from finetune.config import TaskArguments
-from finetune.data import first, load_task, training_sets
+from finetune.data import Table, load_task, read_rows, training_sets
 from finetune.model import hub_name, load_model, load_tokenizer, save_model_args
 from finetune.predict import PREDICT_TASK, choice_logliks
 from finetune.report import write_training_log
@@ -67,11 +69,41 @@ class BenchmarkSFTTrainer(SFTTrainer):
         return output
 
 
-def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> BenchmarkSFTTrainer:
-    """An SFTTrainer on the task's prompt-completion pairs: loss on the answer and EOS only."""
+DATA_REPORT = "data_report.json"
+
+
+def user_tables(task_args: TaskArguments) -> dict[str, Table]:
+    """The user's train and validation files, checked row by row before any model is loaded."""
+    files = {"train": task_args.train_file, "validation": task_args.validation_file}
+    return {
+        split: read_rows(
+            Path(path),
+            text_column=task_args.text_column,
+            label_column=task_args.label_column,
+            min_confidence=task_args.min_confidence,
+            skip_bad_rows=task_args.skip_bad_rows,
+        )
+        for split, path in files.items()
+        if path
+    }
+
+
+def build_trainer(
+    task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, tables: dict[str, Table] | None = None
+) -> BenchmarkSFTTrainer:
+    """An SFTTrainer on the task's prompt-completion pairs (the pinned splits or the user's files, through the
+    task's own prompt): loss on the answer and EOS only; checkpoints also scored by validation macro-F1."""
     model_args.dtype = compute_dtype(sft)
+    tables = user_tables(task_args) if tables is None else tables
     task = load_task(task_args.task)
-    train_set, eval_set = training_sets(task, task_args.train_limit, task_args.eval_limit)
+    validation = tables["validation"].rows if "validation" in tables else task.validation_docs()
+    validation = list(islice(validation, task_args.eval_limit))
+    train_set, eval_set = training_sets(
+        task,
+        task_args.train_limit,
+        train_docs=tables["train"].rows if "train" in tables else None,
+        validation_docs=validation,
+    )
     trainer = BenchmarkSFTTrainer(
         model=load_model(model_args),
         args=sft,
@@ -79,7 +111,7 @@ def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelCon
         eval_dataset=eval_set,
         processing_class=load_tokenizer(model_args),
         peft_config=get_peft_config(model_args),
-        validation_docs=list(first(task.validation_docs(), task_args.eval_limit)),
+        validation_docs=validation,
     )
     for config in trainer.model.peft_config.values():
         config.base_model_name_or_path = hub_name(model_args.model_name_or_path)
@@ -93,11 +125,15 @@ def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelCon
 
 def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
     """Train, keep the best adapter, and save it with how its base was loaded and its loss curve."""
-    trainer = build_trainer(task_args, sft, model_args)
+    tables = user_tables(task_args)
+    trainer = build_trainer(task_args, sft, model_args, tables)
     trainer.train(resume_from_checkpoint=True if task_args.resume else None)
     out = Path(sft.output_dir)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         save_model_args(model_args, out)
         write_training_log(trainer.state.log_history, out)
+        if tables:
+            report = {split: table.report() for split, table in tables.items()}
+            (out / DATA_REPORT).write_text(json.dumps(report, indent=1))
     return out

@@ -73,14 +73,14 @@ def test_predict_labels_every_row_as_evaluate_answers_it(
 def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "fine"}\n{"text": 3}\n')
-    with pytest.raises(BadInput, match=rf"{source}:2: expected an object with a string `text`"):
+    with pytest.raises(BadInput, match=rf"{source}:2: `text` is not a string \(got 3\)"):
         read_rows(source)
     source.write_text('{"text": "fine"}\n\n{"text": \n')
     with pytest.raises(BadInput, match=rf"{source}:3: not valid JSON"):
         read_rows(source)
     table = tmp_path / "in.csv"
     table.write_text("id,tweet\n1,hello\n")
-    with pytest.raises(BadInput, match=rf"{table}:1: the CSV header has no `text` column"):
+    with pytest.raises(BadInput, match=rf"{table}:1: the CSV header has no `text` column \(it has: id, tweet\)"):
         read_rows(table)
 
 
@@ -90,7 +90,9 @@ def test_the_cli_prints_a_users_error_in_one_line(tmp_path: Path, capsys: pytest
     with pytest.raises(SystemExit) as exit:
         main(["predict", "--input", str(table), "--output", str(tmp_path / "out.jsonl")])
     assert exit.value.code == 2
-    assert capsys.readouterr().err == f"finetune predict: error: {table}:1: the CSV header has no `text` column\n"
+    assert capsys.readouterr().err == (
+        f"finetune predict: error: {table}:1: the CSV header has no `text` column (it has: id, tweet)\n"
+    )
 
 
 def test_demo_trains_then_scores_base_and_adapter(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
