@@ -19,6 +19,13 @@ def _train(args: argparse.Namespace, rest: list[str]) -> None:
     print(train(task_args, sft, model_args))
 
 
+def _distill(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.config import parse_train_args
+    from finetune.distill import distill
+
+    print(distill(*parse_train_args(rest, args.parser)))
+
+
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.evaluate import evaluate
     from finetune.model import base_config
@@ -106,6 +113,9 @@ def build_parser() -> TrlParser:
     p = make_parser(sub)
     p.set_defaults(run=_train, parser=p)
 
+    p = make_parser(sub, "distill")
+    p.set_defaults(run=_distill, parser=p)
+
     p = sub.add_parser("evaluate", help="score a base and adapters on tweet_sentiment through lm-eval")
     _model_flags(p, "base")
     p.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder or Hub id; repeatable")
@@ -161,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "train":  # trl's parser reads the config file and every flag itself
-        rest = argv[argv.index("train") + 1 :]
+    if args.command in ("train", "distill"):  # trl's parser reads the config file and every flag itself
+        rest = argv[argv.index(args.command) + 1 :]
     elif rest and not getattr(args, "takes_rest", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:

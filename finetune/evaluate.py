@@ -69,14 +69,15 @@ def run_benchmark(lm: HFLM, manager: TaskManager, tasks: tuple[str, ...], limit:
 
 def evaluate(
     model_args: ModelConfig,
-    adapters: list[str],
+    adapters: list[str] | dict[str, str],
     tasks: tuple[str, ...] = (TASK_GROUP,),
     limit: int | None = None,
     batch_size: int = 16,
     allow_other_base: bool = False,
 ) -> Evaluation:
-    """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled)."""
-    names = adapter_names(adapters)
+    """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled).
+    Adapters are named by folder or Hub id, or as a dict names them."""
+    names = adapters if isinstance(adapters, dict) else adapter_names(adapters)
     model = load_model(model_args, names, allow_other_base)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
     manager = task_manager()

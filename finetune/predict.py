@@ -40,9 +40,16 @@ def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
     return labeled
 
 
-def predict(model_args: ModelConfig, adapter: str | None, source: Path, dest: Path, batch_size: int = 16) -> int:
+def predict(
+    model_args: ModelConfig,
+    adapter: str | None,
+    source: Path,
+    dest: Path,
+    batch_size: int = 16,
+    text_column: str = "text",
+) -> int:
     """Label every row of `source` into `dest` (JSON Lines); the model is loaded as `finetune evaluate` loads it."""
-    rows = read_rows(source).rows
+    rows = read_rows(source, text_column=text_column).rows
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
     labeled = label_rows(lm, rows)
