@@ -89,9 +89,14 @@ def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
-    from finetune.data import tasks_path
+    from finetune.data import link_tasks, tasks_path, unlink_tasks
 
-    print(tasks_path())
+    if args.link:
+        print(f"linked: {link_tasks()} (undo with `finetune tasks-path --unlink`)")
+    elif args.unlink:
+        print(f"removed: {unlink_tasks()}")
+    else:
+        print(tasks_path())
 
 
 def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "float32", quantize: bool = True) -> None:
@@ -162,6 +167,11 @@ def build_parser() -> TrlParser:
     p.set_defaults(run=_model_path)
 
     p = sub.add_parser("tasks-path", help="print the folder to pass to `lm_eval --include_path`")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--link", action="store_true", help="let plain `lm_eval --tasks tweet_sentiment` find the task (reversible)"
+    )
+    how.add_argument("--unlink", action="store_true", help="undo --link")
     p.set_defaults(run=_tasks_path)
     return parser
 
