@@ -51,7 +51,8 @@ class TaskArguments:
 @dataclass
 class DistillArguments:
     """`finetune distill`: a teacher labels unlabeled text, a student learns from it; the student is the model and
-    LoRA that the config describes, trained on its gold rows (the pinned split or --train_file) plus the labels."""
+    LoRA that the config describes, trained on its gold rows (the pinned split or --train_file) plus the teacher's
+    labels (those at or above --min_confidence, which here filters the teacher's labels only)."""
 
     teacher_adapter: str = field(metadata={"help": "the teacher's LoRA adapter (folder or Hub id)"})
     unlabeled_file: str = field(metadata={"help": "text to label (.jsonl or .csv, column --text_column)"})

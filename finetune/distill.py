@@ -102,7 +102,8 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
     """Label, train the student (and the gold-only student unless given), compare; returns the report's text."""
     out = Path(sft.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    gold = gold_rows(task_args)
+    gold_args = replace(task_args, min_confidence=None)  # the threshold is for the teacher's labels only
+    gold = gold_rows(gold_args)
     labels = label_unlabeled(distill_args, task_args, sft, model_args, out)
     labeled = read_rows(
         labels, text_column=task_args.text_column, label_column="prediction", min_confidence=task_args.min_confidence
@@ -110,7 +111,7 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
     write_student_rows(gold, labeled, task_args, out / STUDENT_ROWS)
     student_args = replace(task_args, train_file=str(out / STUDENT_ROWS), min_confidence=None, train_limit=None)
     students = {STUDENT: train_as(STUDENT, student_args, sft, model_args, out)}
-    students[GOLD_ONLY] = distill_args.gold_only_adapter or train_as(GOLD_ONLY, task_args, sft, model_args, out)
+    students[GOLD_ONLY] = distill_args.gold_only_adapter or train_as(GOLD_ONLY, gold_args, sft, model_args, out)
     summary = {
         "gold_rows": len(gold),
         "teacher_labels": str(labels),

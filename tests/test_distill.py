@@ -1,6 +1,7 @@
 """`finetune distill`: a teacher labels unlabeled text, a student trains on gold + teacher labels, and one report
 compares teacher, student and the student trained on gold alone."""
 
+import csv
 import json
 import statistics
 from pathlib import Path
@@ -65,17 +66,24 @@ def test_one_report_compares_teacher_student_and_gold_only_student(distilled: Pa
     assert "| student | tweet_sentiment_mc |" in (distilled / "report" / "report.md").read_text()
 
 
-def test_a_second_run_reuses_the_labels_and_the_gold_only_student_and_filters_by_confidence(
+def test_a_second_run_reuses_labels_and_gold_only_student_and_filters_by_confidence_but_not_the_gold_file(
     distilled: Path, tiny_model_dir: Path, tiny_adapter_dir: Path, unlabeled_file: Path, tmp_path: Path
 ) -> None:
     labels = distilled / "teacher_labels.jsonl"
     threshold = statistics.median(r["confidence"] for r in jsonl(labels))
-    distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, tmp_path, "--teacher_labels", str(labels),
-            "--gold_only_adapter", str(distilled / "gold-only"), "--min_confidence", str(threshold))  # fmt: skip
+    gold = tmp_path / "gold.csv"  # the user's own gold rows: no `confidence` column, which the threshold must not need
+    docs = list(load_task().training_docs())[:GOLD]
+    with gold.open("w", newline="") as f:
+        csv.writer(f).writerows([("id", "text", "label"), *((d["id"], d["text"], d["label_text"]) for d in docs)])
+    out = tmp_path / "run"
+    distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, out, "--train_file", str(gold),
+            "--teacher_labels", str(labels), "--gold_only_adapter", str(distilled / "gold-only"),
+            "--min_confidence", str(threshold))  # fmt: skip
     kept = [r["id"] for r in jsonl(labels) if r["confidence"] >= threshold]
     assert 0 < len(kept) < UNLABELED
-    assert [r["id"] for r in jsonl(tmp_path / "student_train.jsonl") if r["source"] == "teacher"] == kept
-    assert not (tmp_path / "teacher_labels.jsonl").exists() and not (tmp_path / "gold-only").exists()
-    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["adapters"]["gold-only"] == str(
+    rows = jsonl(out / "student_train.jsonl")
+    assert [r["id"] for r in rows] == [d["id"] for d in docs] + kept
+    assert not (out / "teacher_labels.jsonl").exists() and not (out / "gold-only").exists()
+    assert json.loads((out / "report" / "metrics.json").read_text())["adapters"]["gold-only"] == str(
         distilled / "gold-only"
     )
