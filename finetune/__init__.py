@@ -4,3 +4,5 @@
 class FinetuneError(Exception):
     """A problem the user can fix (a file, a name, a flag), told in one line: `finetune` prints it and exits 2
     without a traceback, while Python callers can catch it like any other error."""
+
+    exit_code = 2

@@ -1,14 +1,36 @@
 """The `finetune` command: a thin layer of arguments over the modules that do the work."""
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from trl import TrlParser
 
 from finetune import FinetuneError
+from finetune.config import unknown_flags
 
 DTYPES = ("float32", "bfloat16", "float16")
+RUN_FLAGS = ("--resume", "--overwrite")
+BOOLEANS = ("true", "false", "yes", "no", "1", "0")
+
+
+class Parser(TrlParser):
+    """argparse's own errors (a missing or malformed value) in the one-line form of every other error."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def resume_command(rest: list[str]) -> str:
+    """The command that continues this run: the same arguments, without --overwrite, with --resume true."""
+    kept, previous = [], ""
+    for arg in rest:
+        is_value = previous in RUN_FLAGS and arg.lower() in BOOLEANS
+        if arg.split("=")[0] not in RUN_FLAGS and not is_value:
+            kept.append(arg)
+        previous = arg
+    return shlex.join(["finetune", "train", *kept, "--resume", "true"])
 
 
 def _train(args: argparse.Namespace, rest: list[str]) -> None:
@@ -16,7 +38,7 @@ def _train(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.train import train
 
     task_args, sft, model_args = parse_train_args(rest, args.parser)
-    print(train(task_args, sft, model_args))
+    print(train(task_args, sft, model_args, resume_command(rest)))
 
 
 def _distill(args: argparse.Namespace, rest: list[str]) -> None:
@@ -29,8 +51,10 @@ def _distill(args: argparse.Namespace, rest: list[str]) -> None:
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.evaluate import evaluate
     from finetune.model import base_config
+    from finetune.outputs import check_output
     from finetune.report import write_report
 
+    check_output(args.out, args.overwrite)
     evaluation = evaluate(
         base_config(args.base, args.dtype, args.load_in_4bit),
         args.adapter,
@@ -39,24 +63,30 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
         batch_size=args.batch_size,
         allow_other_base=args.allow_other_base,
     )
-    print(write_report(evaluation, args.out))
+    print(write_report(evaluation, args.out, args.overwrite))
     print(f"report in {args.out}")
 
 
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.model import base_config, merge
 
-    print(merge(base_config(args.base, args.dtype), args.adapter, args.out))
+    print(merge(base_config(args.base, args.dtype), args.adapter, args.out, args.overwrite))
 
 
 def _predict(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.model import base_config
-    from finetune.predict import predict
+    from finetune.predict import predict, report_path
 
     count = predict(
-        base_config(args.model, args.dtype, args.load_in_4bit), args.adapter, args.input, args.output, args.batch_size
+        base_config(args.model, args.dtype, args.load_in_4bit),
+        args.adapter,
+        args.input,
+        args.output,
+        args.batch_size,
+        skip_bad_rows=args.skip_bad_rows,
+        overwrite=args.overwrite,
     )
-    print(f"labeled {count} rows into {args.output}")
+    print(f"labeled {count} rows into {args.output} (rows read and skipped: {report_path(args.output)})")
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> None:
@@ -108,12 +138,16 @@ def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "fl
         )
 
 
+def _overwrite_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace what is already at the output path")
+
+
 def build_parser() -> TrlParser:
     """Every command is a subparser; `train`'s is trl's parser of the training dataclasses (`finetune train -h`)."""
     from finetune.config import make_parser
 
-    parser = TrlParser(prog="finetune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=TrlParser)
+    parser = Parser(prog="finetune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = make_parser(sub)
     p.set_defaults(run=_train, parser=p)
@@ -129,20 +163,28 @@ def build_parser() -> TrlParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
+    _overwrite_flag(p)
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("merge", help="fold an adapter into a standalone 16-bit model")
     _model_flags(p, "base", "bfloat16", quantize=False)
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", type=Path, required=True)
+    _overwrite_flag(p)
     p.set_defaults(run=_merge)
 
     p = sub.add_parser("predict", help="label unlabeled text (.jsonl or .csv with a `text` field)")
     _model_flags(p, "model")
     p.add_argument("--adapter")
     p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True, help="labeled JSON Lines; a .report.json goes beside it")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="leave out unusable rows, counted in the report, instead of stopping",
+    )
+    _overwrite_flag(p)
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("push", help="publish an adapter and its results to the Hugging Face Hub")
@@ -176,20 +218,27 @@ def build_parser() -> TrlParser:
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Parse, run, and turn the errors a user can fix into one line on stderr (exit 2), without a traceback."""
+    """Parse, run, and turn the errors a user can fix into one line on stderr, without a traceback: exit 2, or
+    128 + the signal's number for a training run stopped by a signal."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command in ("train", "distill"):  # trl's parser reads the config file and every flag itself
         rest = argv[argv.index(args.command) + 1 :]
     elif rest and not getattr(args, "takes_rest", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        command = command_parser(parser, args.command)
+        command.error(f"unrecognized arguments: {unknown_flags(rest, command)}")
     try:
         args.run(args, rest)
     except FinetuneError as err:
         print(f"finetune {args.command}: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(err.exit_code) from None
 
 
 if __name__ == "__main__":

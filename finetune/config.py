@@ -2,9 +2,11 @@
 which rejects keys that no dataclass declares."""
 
 import argparse
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from finetune import FinetuneError
@@ -21,6 +23,10 @@ class TaskArguments:
     train_limit: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     eval_limit: int | None = field(default=None, metadata={"help": "use only the first N validation rows"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in output_dir"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace a used output_dir (kept aside until the new adapter is complete)"},
+    )
     train_file: str | None = field(
         default=None,
         metadata={
@@ -114,9 +120,45 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:
     if config is not None:
         argv = ["--config", str(config), *argv[1:]]
     parser = parser or make_parser()
+    if config is not None:
+        check_keys(config, parser)
     try:
-        parsed = parser.parse_args_and_config(argv)
-    except ValueError as err:  # what HfArgumentParser and the dataclasses say of unknown keys and bad values
+        *parsed, _, from_flags = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
+    except ValueError as err:  # what HfArgumentParser and the dataclasses say of bad values
         raise FinetuneError(f"{config or parser.prog}: {' '.join(str(err).split())}") from None
-    # as a subcommand, the parser also hands back the CLI's own defaults (`run`, `parser`) in a Namespace
-    return parsed[: len(parser.dataclass_types)]
+    if from_flags:
+        raise FinetuneError(f"unrecognized arguments: {unknown_flags(from_flags, parser)}")
+    return tuple(parsed[: len(parser.dataclass_types)])  # as the CLI's subparser, a Namespace of its defaults follows
+
+
+def check_keys(config: Path, parser: argparse.ArgumentParser) -> None:
+    """Unknown keys of a config file, named before the dataclasses judge the values (whose errors would hide
+    a misspelled key behind a complaint about a default)."""
+    try:
+        values = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as err:
+        raise FinetuneError(f"{config}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(values, dict):
+        raise FinetuneError(f"{config}: expected a mapping of keys to values")
+    known = {action.dest for action in parser._actions} | {"env"}  # trl's parser reads `env` itself
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise FinetuneError(f"{config}: unknown keys: {unknown_flags(unknown, parser, prefix='')}")
+
+
+def unknown_flags(args: list[str], parser: argparse.ArgumentParser, prefix: str = "--") -> str:
+    """Arguments no option takes (the flags, if any, without their values), each with the closest known flag."""
+    known = [option.removeprefix("--") for option in parser._option_string_actions if option.startswith("--")]
+    words = []
+    for arg in [arg for arg in args if arg.startswith(prefix)] or args:
+        close = closest(arg.split("=")[0].removeprefix(prefix), known) if arg.startswith(prefix) else None
+        words.append(f"{arg} (did you mean {prefix}{close}?)" if close else arg)
+    return ", ".join(words)
+
+
+def closest(word: str, known: list[str]) -> str | None:
+    """difflib's nearest names, preferring one that the word shortens or extends (`lora_rank` -> `lora_r`)."""
+    near = difflib.get_close_matches(word, known, n=3)
+    return min(near, key=lambda name: not (word.startswith(name) or name.startswith(word)), default=None)

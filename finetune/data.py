@@ -254,10 +254,11 @@ def read_rows(
     """The rows of a JSON Lines or CSV file, checked one by one: a bad row stops the read with its file and
     line, or, with `skip_bad_rows`, is left out and counted. Read by hand, since datasets' loaders name no line."""
     path = Path(path)
-    if path.suffix not in (".jsonl", ".csv"):
+    kind = path.suffix.lower()
+    if kind not in (".jsonl", ".csv"):
         raise BadInput(f"{path}: expected a .jsonl or .csv file")
     text = read_text(path)
-    records = csv_records(path, text, text_column) if path.suffix == ".csv" else jsonl_records(path, text)
+    records = csv_records(path, text, text_column) if kind == ".csv" else jsonl_records(path, text)
     table, first_line_of_id = Table(path), {}
     for number, record in records:
         try:
@@ -284,6 +285,26 @@ def read_rows(
     if table.skipped:
         logger.warning("skipped %d bad row(s) of %s; first: %s", len(table.skipped), path, table.skipped[0])
     return table
+
+
+def drop_too_long(table: Table, lengths: list[int], limit: int, skip_bad_rows: bool) -> None:
+    """Rows longer than the model takes lose their answer in training (trl cuts the end) or their instruction in
+    scoring (lm-eval cuts the start): each is an error with its line, or, with `skip_bad_rows`, left out and counted.
+    `lengths` are the rows' token counts with the prompt and answer, in the table's order."""
+    too_long = [
+        f"{table.path}:{line}: {length} tokens with the prompt and answer, more than the {limit} the model takes"
+        for line, length in zip(table.lines, lengths)
+        if length > limit
+    ]
+    if too_long and not skip_bad_rows:
+        raise BadInput(too_long[0])
+    if too_long:
+        kept = [i for i, length in enumerate(lengths) if length <= limit]
+        table.rows, table.lines = [table.rows[i] for i in kept], [table.lines[i] for i in kept]
+        table.skipped += too_long
+        logger.warning("skipped %d row(s) of %s longer than %d tokens", len(too_long), table.path, limit)
+        if not table.rows:
+            raise BadInput(no_rows_message(table))
 
 
 def no_rows_message(table: Table) -> str:

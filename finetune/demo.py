@@ -6,6 +6,7 @@ from pathlib import Path
 
 from finetune.config import parse_train_args
 from finetune.evaluate import evaluate
+from finetune.outputs import check_output
 from finetune.report import write_report
 from finetune.train import train
 
@@ -15,10 +16,11 @@ DEMO_PRESET = "embedded-cpu-quick"
 def demo(out: Path, overrides: list[str]) -> str:
     started = time.perf_counter()
     task_args, sft, model_args = parse_train_args([DEMO_PRESET, "--output_dir", str(out / "adapter"), *overrides])
+    check_output(out / "report", task_args.overwrite, flag="--overwrite true")
     adapter = train(task_args, sft, model_args)
     trained = time.perf_counter()
     evaluation = evaluate(model_args, [str(adapter)])
-    text = write_report(evaluation, out / "report")
+    text = write_report(evaluation, out / "report", task_args.overwrite)
     done = time.perf_counter()
     timing = (
         f"\ntrain {trained - started:.0f} s, evaluate base + adapter {done - trained:.0f} s, "

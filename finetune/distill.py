@@ -52,6 +52,7 @@ def label_unlabeled(
         dest,
         batch_size=sft.per_device_eval_batch_size,
         text_column=task_args.text_column,
+        overwrite=task_args.overwrite,
     )
     return dest
 
@@ -122,7 +123,7 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
         "adapters": {TEACHER: distill_args.teacher_adapter, **students},
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
-    text = write_report(compare(distill_args, model_args, students), out / "report")
+    text = write_report(compare(distill_args, model_args, students), out / "report", task_args.overwrite)
     return (
         f"{text}\nstudent: {len(gold)} gold + {len(labeled.rows)} teacher-labeled rows "
         f"({labeled.below_min_confidence} below min_confidence); report in {out / 'report'}\n"

@@ -13,6 +13,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import ModelConfig
 
+from finetune import FinetuneError
 from finetune.data import TASK_GROUP, task_manager
 from finetune.model import load_model, load_tokenizer
 from finetune.report import BASE_NAME
@@ -77,10 +78,13 @@ def evaluate(
 ) -> Evaluation:
     """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled).
     Adapters are named by folder or Hub id, or as a dict names them."""
+    manager = task_manager()
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        raise FinetuneError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(manager.all_tasks)})")
     names = adapters if isinstance(adapters, dict) else adapter_names(adapters)
     model = load_model(model_args, names, allow_other_base)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
-    manager = task_manager()
     evaluation = Evaluation(base=model_args.model_name_or_path, adapters=names)
     for name in [BASE_NAME, *names]:
         with active(model, name):

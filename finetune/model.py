@@ -4,21 +4,22 @@ against a base, and merging."""
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 import torch
-from accelerate import PartialState
+from accelerate import PartialState, init_empty_weights
+from accelerate.utils import compute_module_sizes
 from peft import PeftConfig, PeftModel
 from peft.utils import load_peft_weights
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, get_quantization_config
 from trl.trainer.utils import create_model_from_path
 
 from finetune import FinetuneError
+from finetune.outputs import written
 
 EMBEDDED = "embedded"
 # The embedded model is the Q4_1 GGUF of this model, dequantized; adapters and cards name the Hub id.
@@ -75,14 +76,9 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id)
     model.hf_quantizer = None
     del model.config.quantization_config
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent))
-    staging.chmod(0o755)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    if dest.exists():
-        shutil.rmtree(dest)
-    staging.rename(dest)
+    with written(dest, overwrite=True) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
 
 
 def base_config(base: str, dtype: str = "float32", load_in_4bit: bool = False) -> ModelConfig:
@@ -110,10 +106,11 @@ def load_model(
     configs are read before the base is loaded, and adapters that do not fit are refused before any use."""
     adapters = adapters or {}
     configs = {name: read_adapter_config(source) for name, source in adapters.items()}
+    source = check_base(model_args)
     # trl's default is device_map="auto" on a GPU; several processes (DDP) each place the model themselves
     placement = {"device_map": None} if PartialState().num_processes > 1 else {}
     model = create_model_from_path(
-        resolve_model(model_args.model_name_or_path),
+        source,
         revision=model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
@@ -130,6 +127,65 @@ def load_model(
     for name, source in names:
         model.load_adapter(source, adapter_name=name)
     return model
+
+
+WEIGHTS = ("*.safetensors", "*.bin")
+
+
+def check_base(model_args: ModelConfig) -> str:
+    """The base's folder or Hub id, refused in one line before anything is loaded: a path that does not exist, a
+    GGUF file, a folder without config or weights, or weights larger than the memory free where they would go."""
+    name = model_args.model_name_or_path
+    if not name:
+        raise FinetuneError("no base model: set model_name_or_path in the config or pass --model_name_or_path")
+    source = resolve_model(name)
+    path = Path(source).expanduser()
+    if path.is_file():
+        kind = "a GGUF file" if path.suffix == ".gguf" else "a file"
+        raise FinetuneError(f"{name}: {kind}, not a model folder (config.json and safetensors weights) or Hub id")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FinetuneError(f"{name}: no config.json in this folder, so it is not a Hugging Face model folder")
+        if not any(next(path.glob(pattern), None) for pattern in WEIGHTS):
+            ggufs = ", ".join(p.name for p in path.glob("*.gguf"))
+            found = f" (only GGUF: {ggufs}; transformers loads it with gguf_file=)" if ggufs else ""
+            raise FinetuneError(f"{name}: no weights in this folder (no *.safetensors or *.bin){found}")
+    elif source.startswith(("/", "./", "../", "~")) or source.count("/") > 1:
+        raise FinetuneError(f"{name}: no such folder")
+    check_fits(source, model_args)
+    return source
+
+
+def check_fits(source: str, model_args: ModelConfig) -> None:
+    """Weights larger than the free memory of the device they load to are refused before loading: the size comes
+    from the config alone, on accelerate's empty (meta) weights."""
+    try:
+        config = AutoConfig.from_pretrained(source, revision=model_args.model_revision)
+    except (OSError, ValueError):
+        return  # a Hub id this machine cannot reach: loading will say why
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(config)
+    if model_args.load_in_4bit:  # accelerate sizes no 4-bit dtype: a quarter of 16 bits, a lower bound
+        form, need = "4 bits", compute_module_sizes(empty, dtype=torch.float16)[""] // 4
+    else:
+        form = model_args.dtype if model_args.dtype in ("bfloat16", "float16") else "float32"
+        need = compute_module_sizes(empty, dtype=getattr(torch, form))[""]
+    device, free = free_memory()
+    if need > free:
+        raise FinetuneError(
+            f"{model_args.model_name_or_path}: its weights need at least {need / 2**30:.1f} GiB in {form}, "
+            f"more than the {free / 2**30:.1f} GiB free on {device}; load it in 4 bits or use a larger device"
+        )
+
+
+def free_memory() -> tuple[str, int]:
+    """Where the weights go and its free bytes: the GPUs that `device_map="auto"` spreads them over, or this
+    process's own GPU under DDP, or the CPU's available RAM."""
+    state = PartialState()
+    if state.device.type != "cuda":
+        return "this machine (RAM)", psutil.virtual_memory().available
+    gpus = [state.device.index or 0] if state.num_processes > 1 else range(torch.cuda.device_count())
+    return "the GPU" + ("s" if len(gpus) > 1 else ""), sum(torch.cuda.mem_get_info(i)[0] for i in gpus)
 
 
 def save_model_args(model_args: ModelConfig, out: Path) -> None:
@@ -178,11 +234,12 @@ def check_adapter_fits(
                 )
 
 
-def merge(model_args: ModelConfig, adapter: str, out: Path) -> Path:
+def merge(model_args: ModelConfig, adapter: str, out: Path, overwrite: bool = False) -> Path:
     """Fold the adapter into a copy of the base: a plain model for any runtime, no peft needed."""
-    merged = load_model(model_args, {"adapter": adapter}).merge_and_unload()
-    merged.save_pretrained(out)
-    own_tokenizer = (Path(adapter) / "tokenizer_config.json").exists()
-    tokenizer = AutoTokenizer.from_pretrained(adapter) if own_tokenizer else load_tokenizer(model_args)
-    tokenizer.save_pretrained(out)
+    with written(out, overwrite) as staging:
+        merged = load_model(model_args, {"adapter": adapter}).merge_and_unload()
+        merged.save_pretrained(staging)
+        own_tokenizer = (Path(adapter) / "tokenizer_config.json").exists()
+        tokenizer = AutoTokenizer.from_pretrained(adapter) if own_tokenizer else load_tokenizer(model_args)
+        tokenizer.save_pretrained(staging)
     return out

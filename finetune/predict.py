@@ -9,8 +9,9 @@ from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from trl import ModelConfig
 
-from finetune.data import load_task, read_rows
+from finetune.data import drop_too_long, load_task, read_rows
 from finetune.model import load_model, load_tokenizer
+from finetune.outputs import check_output, written
 
 PREDICT_TASK = "tweet_sentiment_mc"
 
@@ -40,20 +41,40 @@ def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
     return labeled
 
 
+def scored_lengths(lm: HFLM, rows: list[dict]) -> list[int]:
+    """Tokens of each row's prompt and its longest label, as lm-eval scores them."""
+    task = load_task(PREDICT_TASK)
+    longest = max(len(lm.tok_encode(" " + label)) for label in task.doc_to_choice({}))
+    return [len(lm.tok_encode(task.doc_to_text(row))) + longest for row in rows]
+
+
+def report_path(dest: Path) -> Path:
+    """Beside the labeled file: how many rows were read and which were skipped, with their lines."""
+    return dest.with_suffix(".report.json")
+
+
 def predict(
     model_args: ModelConfig,
     adapter: str | None,
     source: Path,
     dest: Path,
     batch_size: int = 16,
+    skip_bad_rows: bool = False,
     text_column: str = "text",
+    overwrite: bool = False,
 ) -> int:
-    """Label every row of `source` into `dest` (JSON Lines); the model is loaded as `finetune evaluate` loads it."""
-    rows = read_rows(source, text_column=text_column).rows
+    """Label every usable row of `source` into `dest` (JSON Lines), with a report beside it; the model is loaded
+    as `finetune evaluate` loads it, and only after the input and the output have been checked."""
+    for path in (dest, report_path(dest)):
+        check_output(path, overwrite)
+    table = read_rows(source, text_column=text_column, skip_bad_rows=skip_bad_rows)
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
-    labeled = label_rows(lm, rows)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with dest.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in labeled)
+    drop_too_long(table, scored_lengths(lm, table.rows), lm.max_length, skip_bad_rows)
+    labeled = label_rows(lm, table.rows)
+    with written(dest, overwrite, folder=False) as staging:
+        with staging.open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in labeled)
+    with written(report_path(dest), overwrite, folder=False) as staging:
+        staging.write_text(json.dumps({**table.report(), "output": str(dest)}, indent=1))
     return len(labeled)

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
+from finetune.outputs import written  # noqa: E402
 from lm_eval_tasks.tweet_sentiment.utils import INVALID, LABELS  # noqa: E402
 
 if TYPE_CHECKING:
@@ -39,9 +40,14 @@ def read_training_log(adapter: Path) -> list[dict]:
     return json.loads(log.read_text()) if log.is_file() else []
 
 
-def write_report(evaluation: "Evaluation", out: Path) -> str:
-    """metrics.json, report.md, the comparison and confusion PNGs, and each local adapter's loss curve."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(evaluation: "Evaluation", out: Path, overwrite: bool = False) -> str:
+    """metrics.json, report.md, the comparison and confusion PNGs, and each local adapter's loss curve; written
+    beside `out` and renamed into place."""
+    with written(out, overwrite) as staging:
+        return fill_report(evaluation, staging)
+
+
+def fill_report(evaluation: "Evaluation", out: Path) -> str:
     rows = {variant: len(pairs) for variant, pairs in next(iter(evaluation.pairs.values())).items()}
     found = warnings(evaluation)
     meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows, "warnings": found}

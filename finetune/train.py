@@ -2,17 +2,30 @@
 checkpoints judged by the benchmark's own measure."""
 
 import json
+import shutil
+import signal
+import threading
 from itertools import islice
 from pathlib import Path
 
+from accelerate import PartialState
 from lm_eval.models.huggingface import HFLM
 from torch.utils.data import DataLoader
+from transformers import (
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from finetune import FinetuneError
 from finetune.config import TaskArguments
-from finetune.data import Table, load_task, read_rows, training_sets
-from finetune.model import hub_name, load_model, load_tokenizer, save_model_args
+from finetune.data import Table, drop_too_long, load_task, prompt_completion, read_rows, training_sets
+from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
+from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
 from finetune.predict import PREDICT_TASK, choice_logliks
 from finetune.report import write_training_log
 from lm_eval_tasks.tweet_sentiment.utils import macro_f1
@@ -88,13 +101,29 @@ def user_tables(task_args: TaskArguments) -> dict[str, Table]:
     }
 
 
+def check_lengths(
+    tables: dict[str, Table], task_args: TaskArguments, tokenizer: PreTrainedTokenizerBase, max_length: int | None
+) -> None:
+    """Each row's prompt, answer and EOS in tokens against trl's `max_length`, beyond which the answer is cut."""
+    if not tables or max_length is None:
+        return
+    task = load_task(task_args.task)
+    for table in tables.values():
+        pairs = prompt_completion(task, table.rows)
+        ids = tokenizer([p + c for p, c in zip(pairs["prompt"], pairs["completion"])])["input_ids"]
+        drop_too_long(table, [len(row) + 1 for row in ids], max_length, task_args.skip_bad_rows)
+
+
 def build_trainer(
     task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, tables: dict[str, Table] | None = None
 ) -> BenchmarkSFTTrainer:
     """An SFTTrainer on the task's prompt-completion pairs (the pinned splits or the user's files, through the
     task's own prompt): loss on the answer and EOS only; checkpoints also scored by validation macro-F1."""
     model_args.dtype = compute_dtype(sft)
-    tables = user_tables(task_args) if tables is None else tables
+    tokenizer = load_tokenizer(model_args)
+    if tables is None:
+        tables = user_tables(task_args)
+        check_lengths(tables, task_args, tokenizer, sft.max_length)
     task = load_task(task_args.task)
     validation = tables["validation"].rows if "validation" in tables else task.validation_docs()
     validation = list(islice(validation, task_args.eval_limit))
@@ -109,7 +138,7 @@ def build_trainer(
         args=sft,
         train_dataset=train_set,
         eval_dataset=eval_set,
-        processing_class=load_tokenizer(model_args),
+        processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         validation_docs=validation,
     )
@@ -123,17 +152,117 @@ def build_trainer(
     return trainer
 
 
-def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
-    """Train, keep the best adapter, and save it with how its base was loaded and its loss curve."""
-    tables = user_tables(task_args)
-    trainer = build_trainer(task_args, sft, model_args, tables)
-    trainer.train(resume_from_checkpoint=True if task_args.resume else None)
+class Interrupted(FinetuneError):
+    """Training stopped by a signal after saving a checkpoint; the process exits as the signal would."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM (a preempted machine) or SIGINT (Ctrl-C) ends training at the end of the current step with a
+    checkpoint, through the Trainer's own controls; a second signal acts as it would without us."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self.previous: dict[int, object] = {}
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+
+    def handle(self, number: int, frame: object) -> None:
+        self.received = signal.Signals(number)
+        self.restore()
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
+        self.restore()
+
+
+def claim_run_folder(out: Path, task_args: TaskArguments) -> Path | None:
+    """The Trainer keeps its checkpoints in output_dir, where `--resume` finds them: a used folder is continued
+    only with --resume, and replaced only with --overwrite, by moving it aside until the new adapter is complete.
+    Returns where the replaced folder waits."""
+    if task_args.resume:
+        if not any(out.glob("checkpoint-*")):
+            raise FinetuneError(f"{out}: no checkpoint to resume from (run without --resume to start)")
+        return None
+    if is_used(out) and not task_args.overwrite:
+        raise OutputExists(
+            f"{out}: the folder is not empty; pass --resume true to continue its run, or --overwrite true to replace it"
+        )
+    check_output(out, overwrite=True)
+    return set_aside(out) if is_used(out) and PartialState().is_main_process else None
+
+
+def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, resume_command: str | None = None) -> Path:
+    """Train, keep the best adapter, and save it with how its base was loaded, its loss curve and the report of
+    the user's files. The final files are written beside the run folder and renamed into it; a signal stops the
+    run with a checkpoint and `Interrupted`, whose message says how to resume."""
     out = Path(sft.output_dir)
-    trainer.save_model(str(out))
+    model_args.dtype = compute_dtype(sft)
+    tables = user_tables(task_args)
+    check_base(model_args)
+    check_lengths(tables, task_args, load_tokenizer(model_args), sft.max_length)
+    replaced = claim_run_folder(out, task_args)
+    stop = StopOnSignal()
+    try:
+        trainer = build_trainer(task_args, sft, model_args, tables)
+        trainer.add_callback(stop)
+        trainer.train(resume_from_checkpoint=True if task_args.resume else None)
+    except BaseException:
+        if replaced is not None and stop.received is None:
+            shutil.rmtree(out, ignore_errors=True)
+            replaced.rename(out)
+            replaced.parent.rmdir()
+        raise
+    if stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
+        message = interrupted_message(stop.received, trainer.state, out, replaced, resume_command)
+        raise Interrupted(message, stop.received)
     if trainer.is_world_process_zero():
-        save_model_args(model_args, out)
-        write_training_log(trainer.state.log_history, out)
-        if tables:
-            report = {split: table.report() for split, table in tables.items()}
-            (out / DATA_REPORT).write_text(json.dumps(report, indent=1))
+        save_adapter(trainer, out, model_args, tables)
+    else:
+        trainer.save_model()  # a collective call under DeepSpeed and FSDP; only process zero writes
+    if replaced is not None:
+        shutil.rmtree(replaced.parent)
     return out
+
+
+def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, tables: dict[str, Table]) -> None:
+    """The adapter, how its base was loaded, its loss curve and the data report, written beside the run folder and
+    renamed into it file by file: the checkpoints stay where the Trainer and `--resume` find them."""
+    staging = out.with_name(f".{out.name}.final.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    save_model_args(model_args, staging)
+    write_training_log(trainer.state.log_history, staging)
+    if tables:  # `used`: after train_limit / eval_limit, which apply to the user's files too
+        used = {"train": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
+        report = {split: {**table.report(), "used": used[split]} for split, table in tables.items()}
+        (staging / DATA_REPORT).write_text(json.dumps(report, indent=1))
+    move_into(staging, out)
+
+
+def interrupted_message(
+    received: signal.Signals, state: TrainerState, out: Path, replaced: Path | None, command: str | None
+) -> str:
+    message = (
+        f"stopped by {received.name} after step {state.global_step} of {state.max_steps}; checkpoint saved in "
+        f"{out / f'checkpoint-{state.global_step}'}; resume with: {command or 'the same command and --resume true'}"
+    )
+    if replaced is not None:
+        message += f" (the run it replaces is kept in {replaced.parent}: delete it when this one is done)"
+    return message

@@ -15,7 +15,8 @@ from finetune.train import DATA_REPORT, build_trainer
 from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
-SOURCE_TRAIN = Path("/work/shared/data/tweet_sentiment_extraction/train.jsonl")
+# The source's whole train split, beside the checkout (../shared) where the project keeps it; absent elsewhere.
+SOURCE_TRAIN = Path(__file__).resolve().parents[2] / "shared/data/tweet_sentiment_extraction/train.jsonl"
 DOCS = [json.loads(line) for line in (DATA_DIR / "train.jsonl").read_text().splitlines()[:12]]
 
 
@@ -98,7 +99,7 @@ def test_skipped_training_rows_are_counted_beside_the_adapter(
     adapter = train_tiny(tiny_model_dir, tmp_path / "out", "--train_file", str(train), "--skip_bad_rows", "true",
                          "--max_steps", "2", "--eval_steps", "1", "--save_steps", "1")  # fmt: skip
     report = json.loads((adapter / DATA_REPORT).read_text())["train"]
-    assert report["rows"] == len(DOCS) - 2 and report["skipped_rows"] == [
+    assert report["rows"] == report["used"] == len(DOCS) - 2 and report["skipped_rows"] == [
         f"{train}:4: `text` is only whitespace",
         f"{train}:6: label 'joyful' is not one of negative, neutral, positive (or 0-2)",
     ]
@@ -198,7 +199,7 @@ def test_file_level_problems_are_one_line_each(tmp_path: Path) -> None:
 
 
 def test_a_byte_order_mark_and_windows_line_ends_are_read_as_plain_utf8(tmp_path: Path) -> None:
-    table = tmp_path / "excel.csv"
+    table = tmp_path / "EXCEL.CSV"
     table.write_bytes(codecs.BOM_UTF8 + "text,label\r\ncafé,positive\r\n".encode())
     lines = tmp_path / "bom.jsonl"
     lines.write_bytes(codecs.BOM_UTF8 + b'{"text": "caf\\u00e9", "label": 2}\r\n')
@@ -235,3 +236,23 @@ def test_min_confidence_needs_a_confidence_and_says_when_nothing_is_left(tmp_pat
         f"{path}: no usable rows (1 bad, first: {path}:2: no number in `confidence` (got None); "
         "1 below --min_confidence)"
     )
+
+
+def test_a_row_longer_than_the_model_takes_is_named_not_cut(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # trl would cut the answer off the end of such a row, and lm-eval the instruction off its start
+    rows = [{"text": d["text"], "label": d["label"]} for d in DOCS]
+    rows[2]["text"] = "so long " * 400
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(BadInput, match=rf"^{train}:3: \d+ tokens with the prompt and answer, more than the 256 the"):
+        trainer_on(tiny_model_dir, tmp_path / "out", "--train_file", str(train), "--max_length", "256")
+    trainer = trainer_on(tiny_model_dir, tmp_path / "out", "--train_file", str(train), "--max_length", "256",
+                         "--skip_bad_rows", "true")  # fmt: skip
+    assert len(trainer.train_dataset) == len(DOCS) - 1
+
+    labeled = tmp_path / "labeled.jsonl"
+    predict = ["predict", "--model", str(tiny_model_dir), "--input", str(train), "--output", str(labeled)]
+    with pytest.raises(SystemExit):
+        main(predict)
+    main([*predict, "--skip-bad-rows"])
+    report = json.loads((tmp_path / "labeled.report.json").read_text())
+    assert report["rows"] == len(DOCS) - 1 and report["skipped_rows"][0].startswith(f"{train}:3: ")

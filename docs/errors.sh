@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Runs every bad input of docs/errors.md through the real CLI and prints each command with what it printed, as
+# Markdown. Usage: bash docs/errors.sh [WORKDIR] > out.md   (CPU, offline; a few minutes on 2 cores)
+# Library warnings and progress bars are filtered out (NOISE); everything `finetune` itself prints is kept.
+set -uo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${1:-$(mktemp -d)}"
+mkdir -p "$WORK" && cd "$WORK" || exit 1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+PY="${PYTHON:-python}"
+finetune() { "$PY" -m finetune.cli "$@"; }
+NOISE='\[A\s*$|Warning|warnings.warn|it/s\]|s/it\]|examples/s\]|Custom kwargs|--metadata=|^\s*$|\{.(loss|eval_loss|train_runtime).'
+show() {  # show TITLE COMMAND...: the command as typed, then its filtered output and exit status
+  echo "### $1"; shift
+  echo; echo '```console'; echo "\$ $*"
+  "$@" > out.txt 2>&1; local rc=$?
+  grep -v -E "$NOISE" out.txt; echo "[exit $rc]"; echo '```'; echo
+}
+
+printf '{"text": "fine"}\n{"text": "broken\n' > malformed.jsonl
+printf '{"text": "fine"}\n["a", "list"]\n' > not_object.jsonl
+printf '{"id": "1", "text": "fine"}\n{"id": "2"}\n' > no_text.jsonl
+printf '{"text": "fine"}\n{"text": null}\n' > null_text.jsonl
+printf '{"text": "fine"}\n{"text": ""}\n' > empty_text.jsonl
+printf '{"text": "fine"}\n{"text": "   "}\n' > blank_text.jsonl
+printf 'id,text\n1,fine\n2,caf\xe9 au lait\n' > latin1.csv
+printf '\xef\xbb\xbfid,text\n1,Excel saved me with a byte order mark\n' > bom.csv
+: > empty.jsonl
+printf 'id,text\n' > header_only.csv
+printf 'id,tweet\n1,fine\n' > no_text_column.csv
+printf '{"id": "a", "text": "one"}\n{"id": "b", "text": "two"}\n{"id": "a", "text": "three"}\n' > duplicate_ids.jsonl
+"$PY" - <<'PY'
+import json
+long = "so long " * 6000
+rows = [{"id": str(i), "text": t, "label": "neutral"} for i, t in enumerate(["a lovely day", long, "meh"], 1)]
+open("long_line.jsonl", "w").write("".join(json.dumps(r) + "\n" for r in rows))
+labeled = [("good morning all", "positive"), ("worst service ever", 0), ("the bus is at 9", "1"),
+           ("", "neutral"), ("lovely", "happy"), ("thanks so much", "Positive")]
+with open("mine.csv", "w") as f:
+    f.write("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in labeled))
+PY
+
+echo "## Input files"; echo
+show "Malformed JSON" finetune predict --input malformed.jsonl --output labeled.jsonl
+show "A row that is not an object" finetune predict --input not_object.jsonl --output labeled.jsonl
+show "Missing text" finetune predict --input no_text.jsonl --output labeled.jsonl
+show "Null text" finetune predict --input null_text.jsonl --output labeled.jsonl
+show "Empty text" finetune predict --input empty_text.jsonl --output labeled.jsonl
+show "Whitespace-only text" finetune predict --input blank_text.jsonl --output labeled.jsonl
+show "Non-UTF-8 bytes (a Latin-1 CSV)" finetune predict --input latin1.csv --output labeled.jsonl
+show "An empty file" finetune predict --input empty.jsonl --output labeled.jsonl
+show "A header-only CSV" finetune predict --input header_only.csv --output labeled.jsonl
+show "A CSV without the text column" finetune predict --input no_text_column.csv --output labeled.jsonl
+show "Duplicate ids" finetune predict --input duplicate_ids.jsonl --output labeled.jsonl
+show "A byte order mark is read as plain UTF-8" finetune predict --input bom.csv --output bom_labeled.jsonl
+echo '```console'; echo '$ cat bom_labeled.jsonl'; cat bom_labeled.jsonl; echo '```'; echo
+show "A very long line: more tokens than the model takes" finetune predict --input long_line.jsonl --output labeled.jsonl
+show "... skipped on request, counted and reported" finetune predict --input long_line.jsonl --output labeled.jsonl --skip-bad-rows
+echo '```console'; echo '$ cat labeled.report.json'; cat labeled.report.json; echo; echo '```'; echo
+show "A missing input file" finetune predict --input missing.jsonl --output missing_labeled.jsonl
+
+echo "## Training files"; echo
+show "An unknown label (and an empty text) in a training file" finetune train embedded-cpu-quick --train_file mine.csv --output_dir runs/mine
+show "... skipped on request: labels as words (any case) or indices" finetune train embedded-cpu-quick --train_file mine.csv --output_dir runs/mine --skip_bad_rows true --max_steps 1 --eval_strategy no --save_strategy no --load_best_model_at_end false
+echo '```console'; echo '$ cat runs/mine/data_report.json'; cat runs/mine/data_report.json; echo; echo '```'; echo
+show "A row longer than max_length" finetune train embedded-cpu-quick --train_file long_line.jsonl --output_dir runs/long
+SOURCE=/work/shared/data/tweet_sentiment_extraction/train.jsonl
+if [ -f "$SOURCE" ]; then
+  show "The source train split's one empty text (fdb77c3752)" finetune train embedded-cpu-quick --train_file "$SOURCE" --output_dir runs/full
+fi
+
+echo "## Commands"; echo
+show "A misspelled flag (train)" finetune train embedded-cpu-quick --lora_rr 3
+show "A misspelled flag (predict)" finetune predict --input bom.csv --output x.jsonl --batchsize 4
+printf 'model_name_or_path: embedded\nlora_rank: 8\n' > typo.yaml
+show "A misspelled key in a config file" finetune train typo.yaml
+show "A bad value" finetune train embedded-cpu-quick --lora_r eight
+show "An unknown task" finetune evaluate --tasks tweet_sentiment_gne
+touch a-file
+show "An output folder that cannot be written" finetune predict --input bom.csv --output a-file/labeled.jsonl
+
+echo "## Outputs"; echo
+show "An existing labeled file" finetune predict --input bom.csv --output bom_labeled.jsonl
+mkdir -p runs/report && echo '{}' > runs/report/metrics.json
+show "An existing report" finetune evaluate --out runs/report
+show "An existing run folder" finetune train embedded-cpu-quick --output_dir runs/mine
+show "Resuming a folder with no checkpoint" finetune train embedded-cpu-quick --output_dir runs/empty --resume true
+
+echo "## Interruption"; echo
+echo '```console'
+echo '$ finetune train embedded-cpu-quick --output_dir runs/sig --max_steps 6 &   # then, after its first log line: kill -TERM %1'
+"$PY" -m finetune.cli train embedded-cpu-quick --output_dir runs/sig --max_steps 6 > sig.out 2> sig.err &
+PID=$!
+until grep -q "'loss'" sig.out 2>/dev/null; do sleep 0.2; done
+kill -TERM "$PID"; wait "$PID"; RC=$?
+grep -v -E "$NOISE" sig.err | tail -n 1; echo "[exit $RC]"
+echo '$ ls runs/sig'; ls runs/sig
+echo '```'; echo
+RESUME=$(grep -o 'resume with: .*' sig.err | sed 's/resume with: //')
+show "... and the command it names" $RESUME
+echo '```console'; echo '$ ls runs/sig'; ls runs/sig; echo '```'; echo
+
+echo "## Models"; echo
+show "A base path that does not exist" finetune predict --model ./models/nope --input bom.csv --output m.jsonl
+GGUF=$("$PY" -c "from finetune.model import embedded_gguf; print(embedded_gguf())")
+show "A GGUF file" finetune predict --model "$GGUF" --input bom.csv --output m.jsonl
+mkdir -p config-only && cp "$(finetune model-path)/config.json" config-only/
+show "A folder without weights" finetune predict --model config-only --input bom.csv --output m.jsonl
+"$PY" - <<'PY'
+from pathlib import Path
+from transformers import LlamaConfig
+# Llama-3.1-405B's shapes, with an empty weights file: only the config is read
+LlamaConfig(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128,
+            num_key_value_heads=8, vocab_size=128256).save_pretrained("llama-405b-shapes")
+Path("llama-405b-shapes/model.safetensors").write_bytes(b"")
+PY
+show "A model too big for the device" finetune predict --model llama-405b-shapes --dtype bfloat16 --input bom.csv --output m.jsonl
+show "An adapter path that does not exist" finetune evaluate --adapter runs/nope --out runs/r1
+cp -r "$(finetune model-path)" other-model
+show "An adapter for another base" finetune evaluate --base other-model --adapter runs/sig --out runs/r2

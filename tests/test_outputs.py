@@ -1,0 +1,119 @@
+"""Results are written beside their place and renamed in: a failure leaves the old result whole, and an existing
+result is replaced only with --overwrite. A training run's folder is continued only with --resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from finetune import FinetuneError
+from finetune.cli import main
+from finetune.outputs import OutputExists, written
+
+
+def siblings(folder: Path) -> list[str]:
+    """What lies beside a result: no temporary folder or file may be left there."""
+    return sorted(p.name for p in folder.parent.iterdir())
+
+
+def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n")
+    last = err.splitlines()[-1]  # after any progress bars of loading
+    assert last.startswith(f"finetune {argv[0]}: error: ")
+    return last
+
+
+def test_a_failed_write_leaves_the_old_result_and_no_trace(tmp_path: Path) -> None:
+    dest = tmp_path / "report"
+    dest.mkdir()
+    (dest / "metrics.json").write_text("old")
+    with pytest.raises(RuntimeError), written(dest, overwrite=True) as staging:
+        (staging / "metrics.json").write_text("half")
+        raise RuntimeError("the machine went away")
+    assert (dest / "metrics.json").read_text() == "old" and siblings(dest) == ["report"]
+    with written(dest, overwrite=True) as staging:
+        (staging / "metrics.json").write_text("new")
+    assert (dest / "metrics.json").read_text() == "new" and siblings(dest) == ["report"]
+
+
+def test_merge_refuses_a_used_folder_and_overwrite_keeps_the_old_model_when_it_fails(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, make_tiny_llama, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("last week's model")
+    merge = ["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(out)]
+    assert one_line_error(capsys, merge) == (
+        f"finetune merge: error: {out}: the folder is not empty; pass --overwrite to replace it"
+    )
+    wider = tmp_path / "tiny-llama"  # same name, other shapes: the adapter is refused inside the write
+    make_tiny_llama(vocab_size=800, eos_id=0, hidden_size=48).save_pretrained(wider)
+    other_base = ["merge", "--base", str(wider), "--adapter", str(tiny_adapter_dir), "--out", str(out), "--overwrite"]
+    assert "does not fit base" in one_line_error(capsys, other_base)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and siblings(out) == ["merged", "tiny-llama"]
+
+    main([*merge, "--overwrite"])
+    assert not (out / "keep.txt").exists() and AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def test_predict_and_evaluate_refuse_a_used_output_before_loading_anything(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "hello"}\n')
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text("{}\n")
+    predict = ["predict", "--model", str(tmp_path / "no-model"), "--input", str(source), "--output", str(labeled)]
+    assert one_line_error(capsys, predict).endswith(f"{labeled}: the file exists; pass --overwrite to replace it")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    evaluate = ["evaluate", "--base", str(tmp_path / "no-model"), "--out", str(report)]
+    assert one_line_error(capsys, evaluate).endswith(
+        f"{report}: the folder is not empty; pass --overwrite to replace it"
+    )
+
+
+def test_predict_writes_its_labels_and_report_whole(tiny_model_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,text\n1,good day\n2,\n3,bad day\n")
+    labeled = tmp_path / "labeled.jsonl"
+    main(["predict", "--model", str(tiny_model_dir), "--input", str(source), "--output", str(labeled),
+          "--skip-bad-rows"])  # fmt: skip
+    assert [json.loads(line)["id"] for line in labeled.read_text().splitlines()] == ["1", "3"]
+    report = json.loads((tmp_path / "labeled.report.json").read_text())
+    assert (report["rows"], report["skipped_rows"]) == (2, [f"{source}:3: `text` is empty"])
+    assert siblings(labeled) == ["in.csv", "labeled.jsonl", "labeled.report.json"]
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "hello"}\n')
+    message = one_line_error(capsys, ["predict", "--input", str(source), "--output", str(blocker / "labeled.jsonl")])
+    target = blocker / "labeled.jsonl"
+    assert message == f"finetune predict: error: {target}: cannot write there ({blocker} is a file, not a folder)"
+    read_only = Path("/proc/finetune-test/labeled.jsonl")  # not writable even by root
+    message = one_line_error(capsys, ["predict", "--input", str(source), "--output", str(read_only)])
+    assert message.startswith(f"finetune predict: error: {read_only}: cannot write there (")
+
+
+def test_a_used_run_folder_is_continued_only_with_resume_and_replaced_only_with_overwrite(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, train_tiny, tmp_path: Path
+) -> None:
+    with pytest.raises(OutputExists, match="not empty; pass --resume true to continue its run, or --overwrite true"):
+        train_tiny(tiny_model_dir, tiny_adapter_dir)
+    with pytest.raises(FinetuneError, match="no checkpoint to resume from"):
+        train_tiny(tiny_model_dir, tmp_path / "new", "--resume", "true")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("last week's adapter")
+    train_tiny(tiny_model_dir, out, "--overwrite", "true", "--max_steps", "1", "--eval_strategy", "no",
+               "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
+    assert (out / "adapter_model.safetensors").read_bytes() != b"last week's adapter"
+    assert siblings(out) == ["run"], "the replaced folder is gone once the new adapter is complete"
