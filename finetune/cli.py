@@ -41,6 +41,13 @@ def _train(args: argparse.Namespace, rest: list[str]) -> None:
     print(train(task_args, sft, model_args, resume_command(rest)))
 
 
+def _distill(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.config import parse_train_args
+    from finetune.distill import distill
+
+    print(distill(*parse_train_args(rest, args.parser)))
+
+
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.evaluate import evaluate
     from finetune.model import base_config
@@ -112,9 +119,14 @@ def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
-    from finetune.data import tasks_path
+    from finetune.data import link_tasks, tasks_path, unlink_tasks
 
-    print(tasks_path())
+    if args.link:
+        print(f"linked: {link_tasks()} (undo with `finetune tasks-path --unlink`)")
+    elif args.unlink:
+        print(f"removed: {unlink_tasks()}")
+    else:
+        print(tasks_path())
 
 
 def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "float32", quantize: bool = True) -> None:
@@ -139,6 +151,9 @@ def build_parser() -> TrlParser:
 
     p = make_parser(sub)
     p.set_defaults(run=_train, parser=p)
+
+    p = make_parser(sub, "distill")
+    p.set_defaults(run=_distill, parser=p)
 
     p = sub.add_parser("evaluate", help="score a base and adapters on tweet_sentiment through lm-eval")
     _model_flags(p, "base")
@@ -194,6 +209,11 @@ def build_parser() -> TrlParser:
     p.set_defaults(run=_model_path)
 
     p = sub.add_parser("tasks-path", help="print the folder to pass to `lm_eval --include_path`")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--link", action="store_true", help="let plain `lm_eval --tasks tweet_sentiment` find the task (reversible)"
+    )
+    how.add_argument("--unlink", action="store_true", help="undo --link")
     p.set_defaults(run=_tasks_path)
     return parser
 
@@ -209,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "train":  # trl's parser reads the config file and every flag itself
-        rest = argv[argv.index("train") + 1 :]
+    if args.command in ("train", "distill"):  # trl's parser reads the config file and every flag itself
+        rest = argv[argv.index(args.command) + 1 :]
     elif rest and not getattr(args, "takes_rest", False):
         command = command_parser(parser, args.command)
         command.error(f"unrecognized arguments: {unknown_flags(rest, command)}")

@@ -54,7 +54,42 @@ class TaskArguments:
     )
 
 
+@dataclass
+class DistillArguments:
+    """`finetune distill`: a teacher labels unlabeled text, a student learns from it; the student is the model and
+    LoRA that the config describes, trained on its gold rows (the pinned split or --train_file) plus the teacher's
+    labels (those at or above --min_confidence, which here filters the teacher's labels only)."""
+
+    teacher_adapter: str = field(metadata={"help": "the teacher's LoRA adapter (folder or Hub id)"})
+    unlabeled_file: str = field(metadata={"help": "text to label (.jsonl or .csv, column --text_column)"})
+    teacher_model: str | None = field(
+        default=None, metadata={"help": "the teacher's base model (default: the student's, model_name_or_path)"}
+    )
+    teacher_dtype: str = field(default="float32", metadata={"help": "the teacher base's dtype while it labels"})
+    teacher_load_in_4bit: bool = field(
+        default=False, metadata={"help": "load the teacher's base in nf4, as the QLoRA preset trains it (a GPU)"}
+    )
+    teacher_labels: str | None = field(
+        default=None, metadata={"help": "reuse this `finetune predict` output of the teacher instead of labeling again"}
+    )
+    gold_only_adapter: str | None = field(
+        default=None, metadata={"help": "an adapter already trained on the gold rows alone, instead of training one"}
+    )
+    eval_tasks: list[str] = field(
+        default_factory=lambda: ["tweet_sentiment"], metadata={"help": "tasks the report scores every model on"}
+    )
+    report_limit: int | None = field(
+        default=None, metadata={"help": "score only the first N rows of each task in the report (a quick look)"}
+    )
+
+
 TRAIN_DATACLASSES = (TaskArguments, SFTConfig, ModelConfig)
+DISTILL_DATACLASSES = (DistillArguments, *TRAIN_DATACLASSES)
+HELP = {
+    "train": "train a LoRA / QLoRA adapter: finetune train CONFIG.yaml|PRESET [--key value ...]",
+    "distill": "a teacher labels text, a student trains on it, one report compares them: "
+    "finetune distill STUDENT_CONFIG|PRESET --teacher_adapter A --unlabeled_file F [--key value ...]",
+}
 
 
 def config_file(name: str) -> Path:
@@ -69,19 +104,18 @@ def config_file(name: str) -> Path:
     raise FinetuneError(f"no config file {name!r} and no preset of that name (presets: {known})")
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None) -> TrlParser:
-    """trl's script pattern: the same parser stands alone or as the `train` command of the CLI."""
+def make_parser(subparsers: argparse._SubParsersAction | None = None, command: str = "train") -> TrlParser:
+    """trl's script pattern: the same parser stands alone or as the `train` (or `distill`) command of the CLI."""
+    types = DISTILL_DATACLASSES if command == "distill" else TRAIN_DATACLASSES
     if subparsers is None:
-        return TrlParser(TRAIN_DATACLASSES, prog="finetune train")
-    return subparsers.add_parser(
-        "train",
-        dataclass_types=TRAIN_DATACLASSES,
-        help="train a LoRA / QLoRA adapter: finetune train CONFIG.yaml|PRESET [--key value ...]",
-    )
+        return TrlParser(types, prog=f"finetune {command}")
+    return subparsers.add_parser(command, dataclass_types=types, help=HELP[command])
 
 
-def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple[TaskArguments, SFTConfig, ModelConfig]:
-    """`CONFIG [--key value ...]`: the YAML sets the defaults, the flags override them."""
+def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:
+    """`CONFIG [--key value ...]`: the YAML sets the defaults, the flags override them. One instance of each of
+    the parser's dataclasses: (TaskArguments, SFTConfig, ModelConfig) for `train`, DistillArguments first for
+    `distill`."""
     config = config_file(argv[0]) if argv and not argv[0].startswith("-") else None
     if config is not None:
         argv = ["--config", str(config), *argv[1:]]
@@ -93,10 +127,10 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple[
             argv, return_remaining_strings=True, separate_remaining_strings=True
         )
     except ValueError as err:  # what HfArgumentParser and the dataclasses say of bad values
-        raise FinetuneError(f"{config or 'finetune train'}: {' '.join(str(err).split())}") from None
+        raise FinetuneError(f"{config or parser.prog}: {' '.join(str(err).split())}") from None
     if from_flags:
         raise FinetuneError(f"unrecognized arguments: {unknown_flags(from_flags, parser)}")
-    return tuple(parsed[: len(TRAIN_DATACLASSES)])  # as the CLI's subparser, a Namespace of its defaults follows
+    return tuple(parsed[: len(parser.dataclass_types)])  # as the CLI's subparser, a Namespace of its defaults follows
 
 
 def check_keys(config: Path, parser: argparse.ArgumentParser) -> None:

@@ -16,8 +16,8 @@ from trl import ModelConfig
 from finetune import FinetuneError
 from finetune.data import TASK_GROUP, task_manager
 from finetune.model import load_model, load_tokenizer
+from finetune.report import BASE_NAME
 
-BASE_NAME = "base"
 METRICS = ("acc", "macro_f1", "f1_negative", "f1_neutral", "f1_positive", "invalid")
 
 
@@ -70,18 +70,19 @@ def run_benchmark(lm: HFLM, manager: TaskManager, tasks: tuple[str, ...], limit:
 
 def evaluate(
     model_args: ModelConfig,
-    adapters: list[str],
+    adapters: list[str] | dict[str, str],
     tasks: tuple[str, ...] = (TASK_GROUP,),
     limit: int | None = None,
     batch_size: int = 16,
     allow_other_base: bool = False,
 ) -> Evaluation:
-    """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled)."""
+    """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled).
+    Adapters are named by folder or Hub id, or as a dict names them."""
     manager = task_manager()
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
         raise FinetuneError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(manager.all_tasks)})")
-    names = adapter_names(adapters)
+    names = adapters if isinstance(adapters, dict) else adapter_names(adapters)
     model = load_model(model_args, names, allow_other_base)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
     evaluation = Evaluation(base=model_args.model_name_or_path, adapters=names)

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from trl import ModelConfig
 
@@ -15,23 +16,28 @@ from finetune.outputs import check_output, written
 PREDICT_TASK = "tweet_sentiment_mc"
 
 
-def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
-    """Each row plus `prediction` (a label word) and `confidence` (its softmax share over the labels)."""
-    task = load_task(PREDICT_TASK)
+def choice_logliks(lm: HFLM, task: Task, rows: list[dict], disable_tqdm: bool = False) -> list[list[float]]:
+    """Per row, the log-likelihood of each label after the prompt: the requests the multiple-choice variant
+    sends, so an answer here is the benchmark's answer."""
     requests = [
         request
         for i, row in enumerate(rows)
-        for request in task.construct_requests(row, task.doc_to_text(row), metadata=(PREDICT_TASK, i, 1))
+        for request in task.construct_requests(row, task.doc_to_text(row), metadata=(task.config.task, i, 1))
     ]
-    logliks = [loglik for loglik, _ in lm.loglikelihood(requests)]
+    logliks = [loglik for loglik, _ in lm.loglikelihood(requests, disable_tqdm=disable_tqdm)]
+    per_row = len(logliks) // len(rows) if rows else 0
+    return [logliks[i * per_row : (i + 1) * per_row] for i in range(len(rows))]
+
+
+def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:
+    """Each row plus `prediction` (a label word) and `confidence` (its softmax share over the labels)."""
+    task = load_task(PREDICT_TASK)
     labels = task.doc_to_choice(rows[0]) if rows else []
     labeled = []
-    for i, row in enumerate(rows):
-        scores = logliks[i * len(labels) : (i + 1) * len(labels)]
+    for row, scores in zip(rows, choice_logliks(lm, task, rows), strict=True):
         top = max(scores)
         total = sum(math.exp(s - top) for s in scores)
-        best = scores.index(top)
-        labeled.append({**row, "prediction": labels[best], "confidence": round(1 / total, 4)})
+        labeled.append({**row, "prediction": labels[scores.index(top)], "confidence": round(1 / total, 4)})
     return labeled
 
 
@@ -54,13 +60,14 @@ def predict(
     dest: Path,
     batch_size: int = 16,
     skip_bad_rows: bool = False,
+    text_column: str = "text",
     overwrite: bool = False,
 ) -> int:
     """Label every usable row of `source` into `dest` (JSON Lines), with a report beside it; the model is loaded
     as `finetune evaluate` loads it, and only after the input and the output have been checked."""
     for path in (dest, report_path(dest)):
         check_output(path, overwrite)
-    table = read_rows(source, skip_bad_rows=skip_bad_rows)
+    table = read_rows(source, text_column=text_column, skip_bad_rows=skip_bad_rows)
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
     drop_too_long(table, scored_lengths(lm, table.rows), lm.max_length, skip_bad_rows)

@@ -23,6 +23,10 @@ ANSWER_NAMES = [*LABELS, "invalid"]
 TRAIN_LOG = "train_log.json"
 LOSS_PLOT = "training_loss.png"
 METRICS = "metrics.json"
+BASE_NAME = "base"  # the base model's row in every comparison, scored with its adapters switched off
+# Answers have collapsed when one label takes at least this share of a model's answers on a variant; the gold
+# labels are 28-40% each, and a classifier that is right 80% of the time gives none of them more than ~50%.
+COLLAPSE_SHARE = 0.9
 
 
 def write_training_log(history: list[dict], out: Path) -> None:
@@ -45,10 +49,13 @@ def write_report(evaluation: "Evaluation", out: Path, overwrite: bool = False) -
 
 def fill_report(evaluation: "Evaluation", out: Path) -> str:
     rows = {variant: len(pairs) for variant, pairs in next(iter(evaluation.pairs.values())).items()}
-    meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows}
+    found = warnings(evaluation)
+    meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows, "warnings": found}
     (out / METRICS).write_text(json.dumps({**meta, "results": evaluation.results}, indent=1))
     plot_comparison(evaluation.results, out / "comparison.png")
     sections = [table(evaluation.results)]
+    if found:
+        sections.insert(0, "**Warnings**\n\n" + "\n".join(f"- {line}" for line in found))
     for model, per_variant in evaluation.pairs.items():
         for variant, pairs in per_variant.items():
             plot_confusion(pairs, out / f"confusion_{model.replace('/', '--')}_{variant}.png", f"{model} · {variant}")
@@ -60,6 +67,26 @@ def fill_report(evaluation: "Evaluation", out: Path) -> str:
     text = "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(text)
     return text
+
+
+def warnings(evaluation: "Evaluation") -> list[str]:
+    """What a table of scores hides: answers that collapsed onto one label, and adapters that score below the base
+    (both were seen: an adapter answering `neutral` for 295 of 300 rows, its macro-F1 down from 0.45 to 0.22)."""
+    found = []
+    base = evaluation.results.get(BASE_NAME, {})
+    for model, per_variant in evaluation.pairs.items():
+        for variant, pairs in per_variant.items():
+            answers = [answer for _, answer in pairs]
+            label, count = max(((i, answers.count(i)) for i in range(len(LABELS))), key=lambda item: item[1])
+            if answers and count / len(answers) >= COLLAPSE_SHARE:
+                found.append(
+                    f"{model} · {variant}: answers collapsed onto `{LABELS[label]}` ({count} of {len(answers)}, "
+                    f"{count / len(answers):.0%}; the mark is {COLLAPSE_SHARE:.0%} of answers on one label)"
+                )
+            ours, theirs = evaluation.results[model][variant]["macro_f1"], base.get(variant, {}).get("macro_f1")
+            if model != BASE_NAME and theirs is not None and ours < theirs:
+                found.append(f"{model} · {variant}: macro-F1 {ours:.3f} is below the base's {theirs:.3f}")
+    return found
 
 
 def plot_training_loss(history: list[dict], path: Path) -> None:

@@ -1,12 +1,16 @@
-"""`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers."""
+"""`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers, with
+checkpoints judged by the benchmark's own measure."""
 
 import json
 import shutil
 import signal
 import threading
+from itertools import islice
 from pathlib import Path
 
 from accelerate import PartialState
+from lm_eval.models.huggingface import HFLM
+from torch.utils.data import DataLoader
 from transformers import (
     PreTrainedTokenizerBase,
     TrainerCallback,
@@ -14,6 +18,7 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
+from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from finetune import FinetuneError
@@ -21,7 +26,9 @@ from finetune.config import TaskArguments
 from finetune.data import Table, drop_too_long, load_task, prompt_completion, read_rows, training_sets
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
 from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
+from finetune.predict import PREDICT_TASK, choice_logliks
 from finetune.report import write_training_log
+from lm_eval_tasks.tweet_sentiment.utils import macro_f1
 
 
 def compute_dtype(sft: SFTConfig) -> str:
@@ -31,6 +38,48 @@ def compute_dtype(sft: SFTConfig) -> str:
     if sft.fp16:
         return "float16"
     return "float32"
+
+
+class BenchmarkSFTTrainer(SFTTrainer):
+    """SFTTrainer whose every evaluation also scores the validation rows as the benchmark does, 3 label
+    log-likelihoods a row through lm-eval, and reports `eval_macro_f1` for `metric_for_best_model`.
+    Validation loss also prices EOS and the label prior, and can fall while the answers collapse onto one class.
+
+    Hooked into `evaluation_loop` because the metric must be in the metrics before `Trainer.evaluate` logs them
+    and picks the best checkpoint: `compute_metrics` sees only the gold answer's logits (which trl's fused LM head
+    does not even build), and a callback's `on_evaluate` runs after the log."""
+
+    def __init__(self, *args, validation_docs: list[dict], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.validation_docs = validation_docs
+        self.scoring_task = load_task(PREDICT_TASK)
+        self._lm: HFLM | None = None
+
+    def validation_macro_f1(self) -> float:
+        """Macro-F1 of the model as it is now on the validation rows, answered as `tweet_sentiment_mc` answers."""
+        if self._lm is None:  # the wrapper holds the model itself, so it sees every later step's weights
+            self._lm = HFLM(
+                pretrained=self.model,
+                tokenizer=self.processing_class,
+                batch_size=self.args.per_device_eval_batch_size,
+            )
+        with self.compute_loss_context_manager():
+            logliks = choice_logliks(self._lm, self.scoring_task, self.validation_docs, self.args.disable_tqdm)
+        pairs = [(doc["label"], row.index(max(row))) for doc, row in zip(self.validation_docs, logliks, strict=True)]
+        return macro_f1(pairs)
+
+    def evaluation_loop(
+        self,
+        dataloader: DataLoader,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if metric_key_prefix == "eval" and self.validation_docs:
+            output.metrics[f"{metric_key_prefix}_macro_f1"] = self.validation_macro_f1()
+        return output
 
 
 DATA_REPORT = "data_report.json"
@@ -67,28 +116,31 @@ def check_lengths(
 
 def build_trainer(
     task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, tables: dict[str, Table] | None = None
-) -> SFTTrainer:
+) -> BenchmarkSFTTrainer:
     """An SFTTrainer on the task's prompt-completion pairs (the pinned splits or the user's files, through the
-    task's own prompt): loss on the answer and EOS only."""
+    task's own prompt): loss on the answer and EOS only; checkpoints also scored by validation macro-F1."""
     model_args.dtype = compute_dtype(sft)
     tokenizer = load_tokenizer(model_args)
     if tables is None:
         tables = user_tables(task_args)
         check_lengths(tables, task_args, tokenizer, sft.max_length)
+    task = load_task(task_args.task)
+    validation = tables["validation"].rows if "validation" in tables else task.validation_docs()
+    validation = list(islice(validation, task_args.eval_limit))
     train_set, eval_set = training_sets(
-        load_task(task_args.task),
+        task,
         task_args.train_limit,
-        task_args.eval_limit,
         train_docs=tables["train"].rows if "train" in tables else None,
-        validation_docs=tables["validation"].rows if "validation" in tables else None,
+        validation_docs=validation,
     )
-    trainer = SFTTrainer(
+    trainer = BenchmarkSFTTrainer(
         model=load_model(model_args),
         args=sft,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        validation_docs=validation,
     )
     for config in trainer.model.peft_config.values():
         config.base_model_name_or_path = hub_name(model_args.model_name_or_path)

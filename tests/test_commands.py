@@ -118,7 +118,8 @@ def test_a_config_without_a_base_model_says_so(capsys) -> None:
 def test_an_unknown_task_is_named_with_the_known_ones(tmp_path: Path, capsys) -> None:
     assert error_of(["evaluate", "--tasks", "tweet_sentiment_gne", "--out", str(tmp_path / "r")], capsys) == (
         "finetune evaluate: error: unknown task tweet_sentiment_gne (tasks: tweet_sentiment, tweet_sentiment_full, "
-        "tweet_sentiment_gen, tweet_sentiment_gen_full, tweet_sentiment_mc, tweet_sentiment_mc_full)"
+        "tweet_sentiment_gen, tweet_sentiment_gen_full, tweet_sentiment_gen_trainfull, tweet_sentiment_mc, "
+        "tweet_sentiment_mc_full)"
     )
 
 

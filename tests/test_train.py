@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import get_quantization_config
 
 from finetune import FinetuneError
@@ -15,6 +17,7 @@ from finetune.config import parse_train_args
 from finetune.data import load_task
 from finetune.model import base_config
 from finetune.train import build_trainer, compute_dtype
+from lm_eval_tasks.tweet_sentiment.utils import macro_f1
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 
@@ -65,15 +68,30 @@ def test_loss_is_finite_and_falls(tiny_adapter_dir: Path) -> None:
     assert (tiny_adapter_dir / "training_loss.png").stat().st_size > 0
 
 
-def test_the_saved_adapter_is_the_best_checkpoint(tiny_adapter_dir: Path) -> None:
+def test_the_saved_adapter_is_the_checkpoint_with_the_best_validation_macro_f1(tiny_adapter_dir: Path) -> None:
     state = json.loads((tiny_adapter_dir / "checkpoint-6" / "trainer_state.json").read_text())
-    best = Path(state["best_model_checkpoint"]).name
-    evals = {row["step"]: row["eval_loss"] for row in state["log_history"] if "eval_loss" in row}
-    assert best == f"checkpoint-{min(evals, key=evals.get)}"
+    evals = {row["step"]: row["eval_macro_f1"] for row in state["log_history"] if "eval_macro_f1" in row}
+    assert sorted(evals) == [3, 6]
+    best_step = next(step for step in sorted(evals) if evals[step] == max(evals.values()))  # ties keep the first
+    assert Path(state["best_model_checkpoint"]).name == f"checkpoint-{best_step}"
     saved = load_file(tiny_adapter_dir / "adapter_model.safetensors")
-    kept = load_file(tiny_adapter_dir / best / "adapter_model.safetensors")
+    kept = load_file(tiny_adapter_dir / f"checkpoint-{best_step}" / "adapter_model.safetensors")
     assert saved.keys() == kept.keys()
     assert all(torch.equal(saved[k], kept[k]) for k in saved)
+
+
+def test_validation_macro_f1_is_the_benchmarks_multiple_choice_answer_on_the_validation_rows(
+    tiny_adapter_dir: Path, tiny_model_dir: Path, label_logliks
+) -> None:
+    """Each checkpoint's logged score, recomputed by a plain forward pass over the 16 validation rows of tiny.yaml."""
+    state = json.loads((tiny_adapter_dir / "checkpoint-6" / "trainer_state.json").read_text())
+    docs = list(load_task().validation_docs())[:16]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for row in (r for r in state["log_history"] if "eval_macro_f1" in r):
+        checkpoint = tiny_adapter_dir / f"checkpoint-{row['step']}"
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), checkpoint)
+        answers = [scores.index(max(scores)) for scores in label_logliks(model, tokenizer, [d["text"] for d in docs])]
+        assert row["eval_macro_f1"] == pytest.approx(macro_f1([(d["label"], a) for d, a in zip(docs, answers)]))
 
 
 def test_resume_continues_from_the_last_checkpoint(

@@ -32,13 +32,35 @@ def load_pinned(**_: Any) -> datasets.DatasetDict:
     return datasets.load_dataset("json", data_files=files)
 
 
-def load_full(**_: Any) -> datasets.DatasetDict:
-    """The whole 3,534-row test split: from $TWEET_SENTIMENT_DATA_DIR (mteb layout) if set,
-    else from the Hub at a pinned revision."""
+def source_split(split: str) -> datasets.Dataset:
+    """One split of the source data set: $TWEET_SENTIMENT_DATA_DIR/{split}.jsonl (mteb layout) if set,
+    else the Hub at a pinned revision."""
     local = os.environ.get(FULL_DATA_ENV)
     if local:
-        return datasets.load_dataset("json", data_files={"test": str(Path(local) / "test.jsonl")})
-    return datasets.load_dataset(HUB_DATASET, revision=HUB_REVISION)
+        return datasets.load_dataset("json", data_files={split: str(Path(local) / f"{split}.jsonl")}, split=split)
+    return datasets.load_dataset(HUB_DATASET, revision=HUB_REVISION, split=split)
+
+
+def load_full(**_: Any) -> datasets.DatasetDict:
+    """The whole 3,534-row test split."""
+    return datasets.DatasetDict(test=source_split("test"))
+
+
+def source_train_outside(pinned_splits: tuple[str, ...]) -> datasets.Dataset:
+    """The source's train rows that none of the named pinned splits holds, empty texts left out as the
+    pinned split leaves them out (matched by `id`)."""
+    pinned = load_pinned()
+    held = {row_id for split in pinned_splits for row_id in pinned[split]["id"]}
+    return source_split("train").filter(lambda row: row["id"] not in held and (row["text"] or "").strip())
+
+
+def load_train_full(**_: Any) -> datasets.DatasetDict:
+    """For training on every source train row but the pinned validation ones (26,680); validation and test
+    are the pinned ones, so checkpoints are chosen and scores read exactly as for the pinned split."""
+    pinned = load_pinned()
+    return datasets.DatasetDict(
+        train=source_train_outside(("validation",)), validation=pinned["validation"], test=pinned["test"]
+    )
 
 
 def doc_to_text(doc: dict) -> str:

@@ -1,0 +1,130 @@
+"""`finetune distill`: the labeling loop in one command. A teacher (base + adapter) labels unlabeled text as the
+benchmark would answer it (`finetune predict`), a student trains on those labels plus the gold rows, another
+on the gold rows alone, and one `finetune evaluate` report compares teacher, student and gold-only student."""
+
+import copy
+import json
+from collections import Counter
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
+
+from trl import ModelConfig, SFTConfig
+
+from finetune.config import DistillArguments, TaskArguments
+from finetune.data import Table, load_task, read_rows
+from finetune.evaluate import Evaluation, evaluate
+from finetune.model import base_config
+from finetune.predict import predict
+from finetune.report import write_report
+from finetune.train import train, user_tables
+from lm_eval_tasks.tweet_sentiment.utils import LABELS
+
+TEACHER, STUDENT, GOLD_ONLY = "teacher", "student", "gold-only"
+TEACHER_LABELS = "teacher_labels.jsonl"
+STUDENT_ROWS = "student_train.jsonl"
+SUMMARY = "distill.json"
+
+
+def gold_rows(task_args: TaskArguments) -> list[dict]:
+    """The gold rows both students learn from: the user's --train_file, else the task's pinned train split."""
+    tables = user_tables(task_args)
+    docs = tables["train"].rows if "train" in tables else load_task(task_args.task).training_docs()
+    return list(islice(docs, task_args.train_limit))
+
+
+def teacher_config(distill_args: DistillArguments, model_args: ModelConfig) -> ModelConfig:
+    base = distill_args.teacher_model or model_args.model_name_or_path
+    return base_config(base, distill_args.teacher_dtype, distill_args.teacher_load_in_4bit)
+
+
+def label_unlabeled(
+    distill_args: DistillArguments, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, out: Path
+) -> Path:
+    """The teacher's `finetune predict` output for the unlabeled file, or the one kept from an earlier run."""
+    if distill_args.teacher_labels:
+        return Path(distill_args.teacher_labels)
+    dest = out / TEACHER_LABELS
+    predict(
+        teacher_config(distill_args, model_args),
+        distill_args.teacher_adapter,
+        Path(distill_args.unlabeled_file),
+        dest,
+        batch_size=sft.per_device_eval_batch_size,
+        text_column=task_args.text_column,
+        overwrite=task_args.overwrite,
+    )
+    return dest
+
+
+def write_student_rows(gold: list[dict], labeled: Table, task_args: TaskArguments, dest: Path) -> None:
+    """Gold rows, then the teacher's kept rows, under the user's column names: a file `--train_file` reads."""
+
+    def row(doc: dict, source: str) -> dict:
+        key = {"id": doc["id"]} if doc.get("id") not in (None, "") else {}
+        return {
+            **key,
+            task_args.text_column: doc["text"],
+            task_args.label_column: LABELS[doc["label"]],
+            "source": source,
+        }
+
+    rows = [row(doc, "gold") for doc in gold] + [row(doc, TEACHER) for doc in labeled.rows]
+    dest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def train_as(name: str, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, out: Path) -> str:
+    """One training run of the config into `out/name`."""
+    run = copy.deepcopy(sft)
+    run.output_dir = str(out / name)
+    return str(train(task_args, run, copy.deepcopy(model_args)))
+
+
+def compare(distill_args: DistillArguments, model_args: ModelConfig, students: dict[str, str]) -> Evaluation:
+    """Every model on the benchmark, each base loaded once: the teacher's base is scored apart if it differs."""
+    student_base = base_config(model_args.model_name_or_path, "float32", model_args.load_in_4bit)
+    teacher_base = teacher_config(distill_args, model_args)
+    teacher = {TEACHER: distill_args.teacher_adapter}
+    tasks, limit = tuple(distill_args.eval_tasks), distill_args.report_limit
+    same_base = (teacher_base.model_name_or_path, teacher_base.load_in_4bit) == (
+        student_base.model_name_or_path,
+        student_base.load_in_4bit,
+    )
+    if same_base:
+        return evaluate(student_base, {**teacher, **students}, tasks, limit)
+    evaluation = evaluate(student_base, students, tasks, limit)
+    apart = evaluate(teacher_base, teacher, tasks, limit)
+    evaluation.adapters.update(teacher)
+    evaluation.results[TEACHER], evaluation.pairs[TEACHER] = apart.results[TEACHER], apart.pairs[TEACHER]
+    return evaluation
+
+
+def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> str:
+    """Label, train the student (and the gold-only student unless given), compare; returns the report's text."""
+    out = Path(sft.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gold_args = replace(task_args, min_confidence=None)  # the threshold is for the teacher's labels only
+    gold = gold_rows(gold_args)
+    labels = label_unlabeled(distill_args, task_args, sft, model_args, out)
+    labeled = read_rows(
+        labels, text_column=task_args.text_column, label_column="prediction", min_confidence=task_args.min_confidence
+    )
+    write_student_rows(gold, labeled, task_args, out / STUDENT_ROWS)
+    student_args = replace(task_args, train_file=str(out / STUDENT_ROWS), min_confidence=None, train_limit=None)
+    students = {STUDENT: train_as(STUDENT, student_args, sft, model_args, out)}
+    students[GOLD_ONLY] = distill_args.gold_only_adapter or train_as(GOLD_ONLY, gold_args, sft, model_args, out)
+    summary = {
+        "gold_rows": len(gold),
+        "teacher_labels": str(labels),
+        "teacher_rows_kept": len(labeled.rows),
+        "teacher_rows_below_min_confidence": labeled.below_min_confidence,
+        "min_confidence": task_args.min_confidence,
+        "teacher_label_counts": dict(Counter(LABELS[doc["label"]] for doc in labeled.rows)),
+        "adapters": {TEACHER: distill_args.teacher_adapter, **students},
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1))
+    text = write_report(compare(distill_args, model_args, students), out / "report", task_args.overwrite)
+    return (
+        f"{text}\nstudent: {len(gold)} gold + {len(labeled.rows)} teacher-labeled rows "
+        f"({labeled.below_min_confidence} below min_confidence); report in {out / 'report'}\n"
+    )

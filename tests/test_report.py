@@ -1,0 +1,66 @@
+"""The evaluate report says what its table hides: a model whose answers collapsed onto one label, and an adapter
+that scores below its base."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from finetune.cli import main
+from finetune.evaluate import Evaluation
+from finetune.report import BASE_NAME, warnings
+from lm_eval_tasks.tweet_sentiment.utils import macro_f1
+
+ROWS = 20
+
+
+@pytest.fixture(scope="module")
+def neutral_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its output head biased toward ` neutral`: every token embedding carries a constant
+    feature, which survives to the last hidden state, and the (tied) head row of ` neutral` reads it as a vote."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    [neutral] = tokenizer(" neutral", add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight
+        embeddings[:, 0] = 1.0
+        embeddings[neutral, 0] = 20.0
+    folder = tmp_path_factory.mktemp("biased") / "neutral-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_model_that_answers_one_class_is_flagged_in_the_report_and_on_screen(
+    neutral_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    main(["evaluate", "--base", str(neutral_model_dir), "--limit", str(ROWS), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    for variant in ("tweet_sentiment_gen", "tweet_sentiment_mc"):
+        line = f"base · {variant}: answers collapsed onto `neutral` ({ROWS} of {ROWS}, 100%"
+        assert line in printed
+        assert line in (tmp_path / "report.md").read_text()
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["warnings"]) == 2
+
+
+def scored(pairs: list[tuple[int, int]]) -> dict[str, dict[str, float]]:
+    return {"tweet_sentiment_mc": {"macro_f1": macro_f1(pairs)}}
+
+
+def test_an_adapter_below_its_base_is_flagged_and_a_sound_one_is_not() -> None:
+    gold = [0, 1, 2] * 10
+    base = [(g, g) for g in gold[:20]] + [(g, (g + 1) % 3) for g in gold[20:]]  # right on 20 of 30
+    worse = [(g, g) for g in gold[:12]] + [(g, (g + 1) % 3) for g in gold[12:]]  # right on 12, answers still spread
+    better = [(g, g) for g in gold]
+    pairs = {BASE_NAME: base, "worse": worse, "better": better}
+    evaluation = Evaluation(
+        base="tiny",
+        adapters={"worse": "runs/worse", "better": "runs/better"},
+        results={name: scored(p) for name, p in pairs.items()},
+        pairs={name: {"tweet_sentiment_mc": p} for name, p in pairs.items()},
+    )
+    assert warnings(evaluation) == [
+        f"worse · tweet_sentiment_mc: macro-F1 {macro_f1(worse):.3f} is below the base's {macro_f1(base):.3f}"
+    ]
