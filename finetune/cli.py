@@ -1,12 +1,14 @@
 """The `finetune` command: a thin layer of arguments over the modules that do the work."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from trl import TrlParser
 
 from finetune import FinetuneError
+from finetune.launch import SPREAD_COMMANDS, add_launch_args, relaunch, split_launch_args, wants_launch
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -16,7 +18,9 @@ def _train(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.train import train
 
     task_args, sft, model_args = parse_train_args(rest, args.parser)
-    print(train(task_args, sft, model_args))
+    out = train(task_args, sft, model_args)
+    if _first_process():
+        print(out)
 
 
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
@@ -32,8 +36,9 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
         batch_size=args.batch_size,
         allow_other_base=args.allow_other_base,
     )
-    print(write_report(evaluation, args.out))
-    print(f"report in {args.out}")
+    if evaluation is not None:  # the first process holds every row
+        print(write_report(evaluation, args.out))
+        print(f"report in {args.out}")
 
 
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
@@ -49,7 +54,8 @@ def _predict(args: argparse.Namespace, rest: list[str]) -> None:
     count = predict(
         base_config(args.model, args.dtype, args.load_in_4bit), args.adapter, args.input, args.output, args.batch_size
     )
-    print(f"labeled {count} rows into {args.output}")
+    if _first_process():
+        print(f"labeled {count} rows into {args.output}")
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> None:
@@ -72,7 +78,9 @@ def _push(args: argparse.Namespace, rest: list[str]) -> None:
 def _demo(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.demo import demo
 
-    print(demo(args.out, rest))
+    text = demo(args.out, rest)
+    if text is not None:
+        print(text)
 
 
 def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
@@ -85,6 +93,11 @@ def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.data import tasks_path
 
     print(tasks_path())
+
+
+def _first_process() -> bool:
+    """Under `accelerate launch` (torch's launcher sets RANK), the process that speaks and writes for all."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "float32", quantize: bool = True) -> None:
@@ -114,6 +127,7 @@ def build_parser() -> TrlParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
+    add_launch_args(p)
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("merge", help="fold an adapter into a standalone 16-bit model")
@@ -128,6 +142,7 @@ def build_parser() -> TrlParser:
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=16)
+    add_launch_args(p)
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("push", help="publish an adapter and its results to the Hugging Face Hub")
@@ -145,6 +160,7 @@ def build_parser() -> TrlParser:
         epilog="Any other --key value pairs override the embedded-cpu-quick preset, as for `finetune train`.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    add_launch_args(p)
     p.set_defaults(run=_demo, takes_rest=True)
 
     p = sub.add_parser("model-path", help="print the local folder of a model name (`embedded` is converted once)")
@@ -157,16 +173,24 @@ def build_parser() -> TrlParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse, run, and turn the errors a user can fix into one line on stderr (exit 2), without a traceback."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Parse, run (or run again on several processes through accelerate's launcher), and turn the errors a user
+    can fix into one line on stderr (exit 2), without a traceback."""
+    launch, argv = split_launch_args(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":  # trl's parser reads the config file and every flag itself
         rest = argv[argv.index("train") + 1 :]
     elif rest and not getattr(args, "takes_rest", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if wants_launch(launch) and args.command not in SPREAD_COMMANDS:
+        parser.error(f"--num-processes and --accelerate-config are for {', '.join(SPREAD_COMMANDS)}")
+    if args.command not in SPREAD_COMMANDS and not _first_process():
+        return  # merge, push, ...: one process's job, however many a launcher started
     try:
-        args.run(args, rest)
+        if wants_launch(launch):
+            relaunch(argv, launch)
+        else:
+            args.run(args, rest)
     except FinetuneError as err:
         print(f"finetune {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -46,6 +46,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None) -> TrlPars
         "train",
         dataclass_types=TRAIN_DATACLASSES,
         help="train a LoRA / QLoRA adapter: finetune train CONFIG.yaml|PRESET [--key value ...]",
+        epilog="Several GPUs of one host: --num-processes N [--accelerate-config ddp|fsdp_qlora|FILE] (accelerate "
+        "launch runs N processes; the effective batch is per-device batch x N x accumulation).",
     )
 
 
@@ -55,6 +57,8 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple[
     if config is not None:
         argv = ["--config", str(config), *argv[1:]]
     try:
-        return (parser or make_parser()).parse_args_and_config(argv)
+        # as the CLI's `train` subparser, its defaults (the command to run) come back as a fourth namespace
+        task_args, sft, model_args, *_ = (parser or make_parser()).parse_args_and_config(argv)
     except ValueError as err:  # what HfArgumentParser and the dataclasses say of unknown keys and bad values
         raise FinetuneError(f"{config or 'finetune train'}: {' '.join(str(err).split())}") from None
+    return task_args, sft, model_args

@@ -11,7 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from peft import PeftConfig, PeftModel
 from peft.utils import load_peft_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -19,6 +18,7 @@ from trl import ModelConfig, get_quantization_config
 from trl.trainer.utils import create_model_from_path
 
 from finetune import FinetuneError
+from finetune.launch import process_state, under_fsdp
 
 EMBEDDED = "embedded"
 # The embedded model is the Q4_1 GGUF of this model, dequantized; adapters and cards name the Hub id.
@@ -110,15 +110,13 @@ def load_model(
     configs are read before the base is loaded, and adapters that do not fit are refused before any use."""
     adapters = adapters or {}
     configs = {name: read_adapter_config(source) for name, source in adapters.items()}
-    # trl's default is device_map="auto" on a GPU; several processes (DDP) each place the model themselves
-    placement = {"device_map": None} if PartialState().num_processes > 1 else {}
     model = create_model_from_path(
         resolve_model(model_args.model_name_or_path),
         revision=model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
         quantization_config=get_quantization_config(model_args),
-        **placement,
+        **placement(),
     )
     for name, source in adapters.items():
         check_adapter_fits(model, model_args.model_name_or_path, source, configs[name], allow_other_base)
@@ -130,6 +128,15 @@ def load_model(
     for name, source in names:
         model.load_adapter(source, adapter_name=name)
     return model
+
+
+def placement() -> dict:
+    """Where the base goes. One process: trl's default (the GPUs, `device_map="auto"`). Several (DDP, data-parallel
+    scoring): a whole copy on each process's own device, k-bit bases included. Under FSDP, accelerate shards it."""
+    state = process_state()
+    if state.num_processes == 1:
+        return {}
+    return {"device_map": None if under_fsdp() else {"": state.device}}
 
 
 def save_model_args(model_args: ModelConfig, out: Path) -> None:

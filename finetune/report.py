@@ -22,6 +22,8 @@ ANSWER_NAMES = [*LABELS, "invalid"]
 TRAIN_LOG = "train_log.json"
 LOSS_PLOT = "training_loss.png"
 METRICS = "metrics.json"
+# Every scored row's (gold, answer) per model and variant, in the task's order: for row-by-row comparisons.
+ANSWERS = "answers.json"
 
 
 def write_training_log(history: list[dict], out: Path) -> None:
@@ -36,11 +38,12 @@ def read_training_log(adapter: Path) -> list[dict]:
 
 
 def write_report(evaluation: "Evaluation", out: Path) -> str:
-    """metrics.json, report.md, the comparison and confusion PNGs, and each local adapter's loss curve."""
+    """metrics.json, answers.json, report.md, the comparison and confusion PNGs, and each local adapter's loss curve."""
     out.mkdir(parents=True, exist_ok=True)
     rows = {variant: len(pairs) for variant, pairs in next(iter(evaluation.pairs.values())).items()}
     meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows}
     (out / METRICS).write_text(json.dumps({**meta, "results": evaluation.results}, indent=1))
+    (out / ANSWERS).write_text(json.dumps(evaluation.pairs))
     plot_comparison(evaluation.results, out / "comparison.png")
     sections = [table(evaluation.results)]
     for model, per_variant in evaluation.pairs.items():

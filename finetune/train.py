@@ -4,8 +4,10 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
+from finetune import FinetuneError
 from finetune.config import TaskArguments
 from finetune.data import load_task, training_sets
+from finetune.launch import under_fsdp
 from finetune.model import hub_name, load_model, load_tokenizer, save_model_args
 from finetune.report import write_training_log
 
@@ -22,6 +24,8 @@ def compute_dtype(sft: SFTConfig) -> str:
 def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> SFTTrainer:
     """An SFTTrainer on the task's prompt-completion pairs: loss on the answer and EOS only."""
     model_args.dtype = compute_dtype(sft)
+    if under_fsdp() and model_args.load_in_4bit:
+        shard_4bit_weights(model_args)
     train_set, eval_set = training_sets(load_task(task_args.task), task_args.train_limit, task_args.eval_limit)
     trainer = SFTTrainer(
         model=load_model(model_args),
@@ -41,9 +45,28 @@ def build_trainer(task_args: TaskArguments, sft: SFTConfig, model_args: ModelCon
     return trainer
 
 
+def shard_4bit_weights(model_args: ModelConfig) -> None:
+    """FSDP shards floating-point tensors only: the 4-bit weights are packed into the compute dtype, the base is
+    loaded in it (peft's FSDP + QLoRA guide), and every trainable weight shares it, which rules out fp16's fp32 LoRA."""
+    if model_args.dtype != "bfloat16":
+        raise FinetuneError(f"FSDP + QLoRA trains in bf16 here, not {model_args.dtype}: pass --bf16 true --fp16 false")
+    model_args.bnb_4bit_quant_storage = model_args.dtype
+
+
+def effective_batch(sft: SFTConfig) -> str:
+    """What one optimizer step sees: the config's per-device batch on every process, times accumulation."""
+    per_device, processes, steps = sft.per_device_train_batch_size, sft.world_size, sft.gradient_accumulation_steps
+    return (
+        f"effective batch {per_device * processes * steps} = {per_device} per device x {processes} "
+        f"process{'es' if processes > 1 else ''} x {steps} accumulation"
+    )
+
+
 def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> Path:
     """Train, keep the best adapter, and save it with how its base was loaded and its loss curve."""
     trainer = build_trainer(task_args, sft, model_args)
+    if trainer.is_world_process_zero():
+        print(f"finetune train: {effective_batch(trainer.args)}", flush=True)
     trainer.train(resume_from_checkpoint=True if task_args.resume else None)
     out = Path(sft.output_dir)
     trainer.save_model(str(out))
