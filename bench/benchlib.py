@@ -1,0 +1,317 @@
+"""Measurement helpers shared by the bench scripts: per-step wall times, the tokens each training batch
+really holds (and the padding around them), MFU, and the machine's own matrix-multiply ceiling.
+
+Why a collate-function wrapper and a callback rather than the trainer's logs: `trainer.state.log_history`
+averages over logging windows and counts tokens without padding only since the start, so it cannot give a
+steady-state rate with the first (compilation, allocator, autotuning) steps left out, nor a padding share.
+"""
+
+import contextlib
+import gc
+import importlib.metadata
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+# LoRA on a frozen base: forward 2N, backward through the activations 2N, no gradients for the N frozen
+# weights (the adapters' own FLOPs are ~2% at r=64 and are not counted).
+FLOP_PER_PARAM_TOKEN = 4
+# NVIDIA's datasheet figure for dense bf16 on an H100 SXM; the H200 has the same tensor cores.
+H100_BF16_DENSE_TFLOPS = 989.0
+GIB = 2**30
+
+
+@dataclass
+class BatchLog:
+    """Per training micro-batch: examples, tokens that are real text, and the tokens the tensors hold."""
+
+    examples: list[int] = field(default_factory=list)
+    real_tokens: list[int] = field(default_factory=list)
+    tensor_tokens: list[int] = field(default_factory=list)
+
+    def wrap(self, collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+        def counted(features: list[dict]) -> dict:
+            batch = collate(features)
+            self.examples.append(len(features))
+            self.real_tokens.append(sum(len(f["input_ids"]) for f in features))
+            self.tensor_tokens.append(batch["input_ids"].numel())
+            return batch
+
+        return counted
+
+
+def count_training_batches(trainer) -> BatchLog:
+    """Record what each training batch holds. Only the training loader is wrapped: the trainer's
+    validation batches go through the same collator and must not be counted."""
+    log = BatchLog()
+    make_loader = trainer.get_train_dataloader
+
+    def counted_loader():
+        collate = trainer.data_collator  # the loader (accelerate's copy included) keeps the one it is built with
+        trainer.data_collator = log.wrap(collate)
+        try:
+            return make_loader()
+        finally:
+            trainer.data_collator = collate
+
+    trainer.get_train_dataloader = counted_loader
+    return log
+
+
+class StepTimer(TrainerCallback):
+    """Wall time at the end of each optimizer step, after a device sync so that queued kernels count.
+    An interval that also ran a validation or a checkpoint save is marked, so that pure training time
+    can be told apart from the time a run spends on evaluation and saving."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.ends: list[float] = []
+        self.busy: list[bool] = []  # interval i (ending at ends[i]) also evaluated or saved
+        self._pending = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        torch.cuda.synchronize()
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+        self.busy.append(self._pending)
+        self._pending = False
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._pending = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self._pending = True
+
+
+def micro_batches_per_step(n_batches_per_epoch: int, accumulation: int, steps: int) -> list[int]:
+    """How many micro-batches each optimizer step consumed: `accumulation`, except the last step of an
+    epoch, which takes what is left (transformers' training loop)."""
+    per_epoch = [accumulation] * (n_batches_per_epoch // accumulation)
+    if n_batches_per_epoch % accumulation:
+        per_epoch.append(n_batches_per_epoch % accumulation)
+    out: list[int] = []
+    while len(out) < steps:
+        out.extend(per_epoch)
+    return out[:steps]
+
+
+@dataclass
+class Throughput:
+    steps: int
+    skipped: int
+    examples_per_s: float
+    tokens_per_s: float
+    e2e_examples_per_s: float
+    e2e_tokens_per_s: float
+    train_seconds: float
+    padding_share: float
+    mfu: float
+    peak_gib: float
+    tokens_per_example: float
+
+
+def summarize(
+    timer: StepTimer,
+    batches: BatchLog,
+    batches_per_epoch: int,
+    accumulation: int,
+    skip: int,
+    n_params: int,
+    peak_tflops: float,
+) -> Throughput:
+    """Steady state: steps `skip+1`.. to the last, over the non-padding tokens those steps trained on,
+    leaving out intervals that evaluated or saved. End to end: every step, from `on_train_begin`."""
+    steps = len(timer.ends)
+    per_step = micro_batches_per_step(batches_per_epoch, accumulation, steps)
+    bounds = [0, *itertools.accumulate(per_step)]
+    step_examples = [sum(batches.examples[bounds[i] : bounds[i + 1]]) for i in range(steps)]
+    step_tokens = [sum(batches.real_tokens[bounds[i] : bounds[i + 1]]) for i in range(steps)]
+    step_tensor = [sum(batches.tensor_tokens[bounds[i] : bounds[i + 1]]) for i in range(steps)]
+    durations = [timer.ends[0] - timer.start] + [timer.ends[i] - timer.ends[i - 1] for i in range(1, steps)]
+    kept = [i for i in range(skip, steps) if not timer.busy[i]]
+    seconds = sum(durations[i] for i in kept) or math.nan
+    tokens = sum(step_tokens[i] for i in kept)
+    total = timer.ends[-1] - timer.start
+    tokens_per_s = tokens / seconds
+    return Throughput(
+        steps=steps,
+        skipped=skip,
+        examples_per_s=sum(step_examples[i] for i in kept) / seconds,
+        tokens_per_s=tokens_per_s,
+        e2e_examples_per_s=sum(step_examples) / total,
+        e2e_tokens_per_s=sum(step_tokens) / total,
+        train_seconds=total,
+        padding_share=1 - sum(step_tokens) / max(1, sum(step_tensor)),
+        mfu=tokens_per_s * FLOP_PER_PARAM_TOKEN * n_params / (peak_tflops * 1e12),
+        peak_gib=torch.cuda.max_memory_allocated() / GIB,
+        tokens_per_example=sum(step_tokens) / max(1, sum(step_examples)),
+    )
+
+
+def counted_params(model: torch.nn.Module) -> int:
+    """N of the 4N rule: the base model's weights that take part in a token's forward pass, i.e. all but
+    the input embedding (a lookup). 4-bit weights count as their unpacked size."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    total = 0
+    for name, p in base.named_parameters():
+        if "lora_" in name or name.endswith("embed_tokens.weight"):
+            continue
+        total += p.numel() * (2 if p.dtype == torch.uint8 else 1)  # bitsandbytes packs two 4-bit values a byte
+    return total
+
+
+def matmul_tflops(n: int = 8192, iters: int = 30) -> float:
+    """This card's measured dense bf16 ceiling (a large square product, random data), for context beside
+    the datasheet peak that MFU divides by."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * iters / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def environment() -> dict[str, str]:
+    """The card and the versions every number depends on."""
+    versions = {}
+    for dist in ("torch", "transformers", "trl", "peft", "accelerate", "bitsandbytes", "liger-kernel", "lm-eval"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "-"
+    return {
+        "card": torch.cuda.get_device_name(),
+        "cuda": str(torch.version.cuda),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **versions,
+    }
+
+
+@contextlib.contextmanager
+def restored_modules(*modules) -> Iterator[None]:
+    """Liger patches module globals (`modeling_llama.apply_rotary_pos_emb`, `LlamaRMSNorm`, ...), not only
+    the model instance: undo that after a run so the next configuration in the same process is unpatched."""
+    saved = [dict(vars(m)) for m in modules]
+    try:
+        yield
+    finally:
+        for module, before in zip(modules, saved, strict=True):
+            for name in set(vars(module)) - set(before):
+                delattr(module, name)
+            for name, value in before.items():
+                if vars(module).get(name) is not value:
+                    setattr(module, name, value)
+
+
+def release(trainer) -> None:
+    """Free the model, optimizer and caches so the next configuration starts from an empty card."""
+    trainer.accelerator.free_memory()
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def write_json(path: Path | None, rows: list[dict], env: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+
+
+def as_row(name: str, args: list[str], result: Throughput | None, error: str = "") -> dict:
+    return {"variant": name, "arguments": " ".join(args), "error": error, **(asdict(result) if result else {})}
+
+
+def print_table(rows: list[dict], peak_tflops: float) -> None:
+    """The RESULT lines a reader greps, then a markdown table."""
+    head = "| variant | ex/s steady | tok/s steady | ex/s e2e | tok/s e2e | MFU | peak GiB | padding |"
+    print("\n" + head + "\n" + "|---" * 8 + "|")
+    for r in rows:
+        if r["error"]:
+            print(f"| {r['variant']} | {r['error']} |" + " |" * 6)
+            continue
+        print(
+            f"| {r['variant']} | {r['examples_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['e2e_examples_per_s']:.1f} "
+            f"| {r['e2e_tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} "
+            f"| {100 * r['padding_share']:.0f}% |"
+        )
+    print(f"(MFU: {FLOP_PER_PARAM_TOKEN}N FLOP per non-padding token over {peak_tflops:.0f} TFLOP/s dense bf16)")
+
+
+def free_after_error() -> None:
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
+# Kernel-name fragments, first match wins: where the GPU time of a training step goes.
+KERNEL_KINDS = (
+    ("4-bit dequantize (bitsandbytes)", ("dequant", "kgemm_4bit", "kquantize")),
+    ("attention", ("fmha", "flash", "attention", "efficient_attention", "cutlass::kernel<pytorchmemeff")),
+    ("matmul (cuBLAS/CUTLASS)", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "cublas", "splitk", "matmul")),
+    ("Liger / Triton fused", ("liger", "rms_norm", "rope", "swiglu", "silu_mul", "triton")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("copies, casts, elementwise", ("elementwise", "vectorized", "copy", "cat", "fill", "index", "reduce", "dropout")),
+)
+
+
+class Profiler(TrainerCallback):
+    """torch.profiler over the steps after `after_step` (left out of the timing): GPU time by kind of kernel,
+    the top kernels, and how much of the wall time the GPU had nothing to run."""
+
+    def __init__(self, after_step: int, path: Path) -> None:
+        self.after_step, self.path = after_step, path
+        self.prof: torch.profiler.profile | None = None
+        self.t0 = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.after_step:
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.prof.start()
+            self.t0 = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.prof is None:
+            return
+        torch.cuda.synchronize()
+        wall_us = (time.perf_counter() - self.t0) * 1e6
+        self.prof.stop()
+        by_name: dict[str, float] = {}
+        for e in self.prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us()
+        busy = sum(by_name.values())
+        kinds: dict[str, float] = {}
+        for name, us in by_name.items():
+            kind = next((k for k, frags in KERNEL_KINDS if any(f in name.lower() for f in frags)), "other")
+            kinds[kind] = kinds.get(kind, 0.0) + us
+        lines = [
+            f"profiled wall {wall_us / 1e3:.0f} ms, GPU kernels {busy / 1e3:.0f} ms "
+            f"({100 * busy / wall_us:.0f}% busy; kernels of all streams summed)",
+            "",
+            "| kind | ms | share of kernel time |",
+            "|---|---|---|",
+        ]
+        for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {kind} | {us / 1e3:.0f} | {100 * us / busy:.0f}% |")
+        lines += ["", "top kernels:"]
+        for name, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:25]:
+            lines.append(f"{us / 1e3:9.1f} ms  {name[:150]}")
+        text = "\n".join(lines)
+        print("PROFILE " + self.path.name + "\n" + text, flush=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(text + "\n")
