@@ -69,12 +69,12 @@ def relaunch(argv: list[str], launch: argparse.Namespace) -> None:
         flags += ["--config_file", str(accelerate_config(launch.accelerate_config))]
     else:  # what accelerate would otherwise warn that it assumed
         flags += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if (launch.num_processes or 1) > 1:
+            flags.append("--multi_gpu")  # torch's elastic launcher, also for gloo CPU processes
     if launch.num_processes is not None:
         flags += ["--num_processes", str(launch.num_processes)]
     if not torch.cuda.is_available():
         os.environ[USE_CPU] = "true"
-        if launch.accelerate_config is None:
-            flags.append("--multi_gpu")
     try:
         launch_command(launch_command_parser().parse_args([*flags, "--module", "finetune.cli", *argv]))
     except ChildFailedError as err:
