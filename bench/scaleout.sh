@@ -9,6 +9,7 @@
 # Usage: bench/scaleout.sh OUT TOKENIZER_DIR MODEL_DIR [VARIANT]
 #   TOKENIZER_DIR: a tokenizer for the 8B shape (SmolLM2's: `finetune model-path embedded`)
 #   MODEL_DIR: the 8B-shaped random model, written there if absent (16 GB)
+# (`python3 -m accelerate.commands.launch` is `accelerate launch`, whether or not that script is on the PATH.)
 set -uo pipefail
 out=$(realpath -m "$1") tok=$2 model=$3 variant=${4:-b64}
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ step() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$out/steps.log"; }
 timed() { local start=$SECONDS; "$@"; local rc=$?; echo "$((SECONDS - start)) s, exit $rc" | tee -a "$out/steps.log"; }
 train8b() {  # LABEL ACCELERATE-LAUNCH-ARGS...
   local label=$1; shift
-  accelerate launch --main_process_port 0 "$@" bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" \
+  python3 -m accelerate.commands.launch --main_process_port 0 "$@" bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" \
     --variant "$variant" --label "$label" --out "$out/train-8b.jsonl" > "$out/train-8b-${label// /-}.log" 2>&1
   grep -h RESULT "$out/train-8b-${label// /-}.log" || tail -5 "$out/train-8b-${label// /-}.log"
 }
