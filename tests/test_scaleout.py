@@ -8,12 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from trl import get_quantization_config
 
+from finetune import FinetuneError
 from finetune.cli import main
 from finetune.data import load_task
 from finetune.evaluate import evaluate
 from finetune.launch import split_launch_args
 from finetune.model import base_config
+from finetune.train import shard_4bit_weights
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 ROWS = 9  # odd: the two processes get unequal shares
@@ -95,3 +99,11 @@ def test_an_unknown_accelerate_config_is_named(capsys: pytest.CaptureFixture) ->
     assert "no accelerate config file 'no-such' and no shipped one of that name (ddp, fsdp_qlora)" in (
         capsys.readouterr().err
     )
+
+
+def test_fsdp_qlora_packs_the_4_bit_weights_in_bf16_and_refuses_fp16() -> None:
+    model_args = base_config("meta-llama/Llama-3.1-8B-Instruct", "bfloat16", load_in_4bit=True)
+    shard_4bit_weights(model_args)
+    assert get_quantization_config(model_args).bnb_4bit_quant_storage == torch.bfloat16
+    with pytest.raises(FinetuneError, match=r"FSDP \+ QLoRA trains in bf16 here, not float16: pass --bf16 true"):
+        shard_4bit_weights(base_config("meta-llama/Llama-3.1-8B-Instruct", "float16", load_in_4bit=True))
