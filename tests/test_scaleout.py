@@ -3,6 +3,7 @@ configured effective batch, and evaluation and labeling spread their rows yet an
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,21 +21,45 @@ from finetune.model import base_config
 from finetune.train import shard_4bit_weights
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
+SPREAD_JOB = Path(__file__).parent / "spread_job.py"
 ROWS = 9  # odd: the two processes get unequal shares
 
 
-def finetune(*args: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "finetune.cli", *args], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
+def python(*command: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`finetune train --num-processes 2`: the CLI runs itself again under accelerate's launcher."""
     out = tmp_path_factory.mktemp("ddp") / "adapter"
-    run = finetune("train", str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
-                   "--num-processes", "2")  # fmt: skip
-    return out, run.stdout
+    done = python("-m", "finetune.cli", "train", str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir),
+               "--output_dir", str(out), "--num-processes", "2")  # fmt: skip
+    return out, done.stdout
+
+
+@pytest.fixture(scope="module")
+def spread(two_process_run, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Evaluation and labeling of the first ROWS test rows with the adapter, in 2 gloo processes started by
+    `accelerate launch` itself (what `--num-processes 2` runs on a machine without a GPU)."""
+    adapter, _ = two_process_run
+    folder = tmp_path_factory.mktemp("spread")
+    paths = {"report": folder / "report", "input": folder / "in.jsonl", "labeled": folder / "labeled.jsonl"}
+    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
+    paths["input"].write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
+    commands = [
+        ["evaluate", "--base", str(tiny_model_dir), "--adapter", str(adapter), "--limit", str(ROWS),
+         "--out", str(paths["report"])],
+        ["predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(paths["input"]),
+         "--output", str(paths["labeled"])],
+    ]  # fmt: skip
+    launch = ["--multi_gpu", "--num_processes", "2", "--main_process_port", "0", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    python("-m", "accelerate.commands.launch", *launch, str(SPREAD_JOB), json.dumps(commands),
+        env={**os.environ, "ACCELERATE_USE_CPU": "true"})  # fmt: skip
+    return paths
 
 
 def test_two_processes_train_one_adapter_with_the_effective_batch_they_announce(two_process_run) -> None:
@@ -51,31 +76,24 @@ def test_two_processes_train_one_adapter_with_the_effective_batch_they_announce(
 
 
 def test_evaluation_over_two_processes_answers_every_row_as_one_process(
-    two_process_run, tiny_model_dir: Path, tmp_path: Path
+    spread: dict[str, Path], two_process_run, tiny_model_dir: Path
 ) -> None:
     adapter, _ = two_process_run
-    finetune("evaluate", "--base", str(tiny_model_dir), "--adapter", str(adapter), "--limit", str(ROWS),
-             "--num-processes", "2", "--out", str(tmp_path))  # fmt: skip
     alone = evaluate(base_config(str(tiny_model_dir)), [str(adapter)], limit=ROWS)
-    spread = json.loads((tmp_path / "answers.json").read_text())
-    assert spread == json.loads(json.dumps(alone.pairs)), "the same (gold, answer) on every row of every variant"
-    assert json.loads((tmp_path / "metrics.json").read_text())["results"] == alone.results
+    answers = json.loads((spread["report"] / "answers.json").read_text())
+    assert answers == json.loads(json.dumps(alone.pairs)), "the same (gold, answer) on every row of every variant"
+    assert json.loads((spread["report"] / "metrics.json").read_text())["results"] == alone.results
 
 
-def test_labeling_over_two_processes_gives_each_row_its_one_process_label(
-    two_process_run, tiny_model_dir: Path, tmp_path: Path
+def test_labeling_over_two_processes_gives_each_row_its_one_process_label_and_score(
+    spread: dict[str, Path], two_process_run, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     adapter, _ = two_process_run
-    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
-    source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
-    spread, alone = tmp_path / "spread.jsonl", tmp_path / "alone.jsonl"
-    finetune("predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(source),
-             "--output", str(spread), "--num-processes", "2")  # fmt: skip
-    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(source),
+    alone = tmp_path / "alone.jsonl"
+    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(spread["input"]),
           "--output", str(alone)])  # fmt: skip
-    rows = [[json.loads(line) for line in path.read_text().splitlines()] for path in (spread, alone)]
-    assert [r["id"] for r in rows[0]] == [d["id"] for d in docs]
+    rows = [[json.loads(line) for line in path.read_text().splitlines()] for path in (spread["labeled"], alone)]
+    assert [r["id"] for r in rows[0]] == [json.loads(line)["id"] for line in spread["input"].read_text().splitlines()]
     assert [r["prediction"] for r in rows[0]] == [r["prediction"] for r in rows[1]]
     assert [r["confidence"] for r in rows[0]] == pytest.approx([r["confidence"] for r in rows[1]], abs=2e-4)
 
