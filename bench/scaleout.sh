@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The "Scale-out" rows of docs/benchmarks.md, on one host with 4 GPUs, most important first; each row is written
 # as soon as it is measured (OUT/steps.log says what ran when), so a run cut short keeps what it finished.
-#   1. 8B-shaped nf4 QLoRA, the same per-device arguments (bench/train_throughput.py's VARIANT) on 1, 2, 4 GPUs
-#      (DDP, finetune/accelerate/ddp.yaml), then FSDP + QLoRA on 2 (finetune/accelerate/fsdp_qlora.yaml)
+#   1. 8B-shaped nf4 QLoRA, the same per-device arguments (bench/train_throughput.py's VARIANT) on 1 GPU (under
+#      accelerate's launcher, then as a plain process), 2 and 4 GPUs (DDP, finetune/accelerate/ddp.yaml), then
+#      FSDP + QLoRA on 2 (finetune/accelerate/fsdp_qlora.yaml)
 #   2. SmolLM2 `embedded-gpu` trained on 2 GPUs at the preset's effective batch (half the per-device batch)
 #   3. its evaluation (base + adapter) on 4 processes and on 1 GPU: the same answers, and the times
 #   4. the same preset trained on 1 GPU, for the macro-F1 beside the 2-GPU adapter's
@@ -29,6 +30,10 @@ step "8B shape: random model"
 CUDA_VISIBLE_DEVICES=0 timed python3 bench/train_throughput.py --build-only --model-dir "$model" > "$out/build.log" 2>&1
 step "8B QLoRA $variant, 1 GPU"
 CUDA_VISIBLE_DEVICES=0 timed train8b "1 GPU" --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+step "8B QLoRA $variant, 1 GPU, a plain process (no launcher)"
+CUDA_VISIBLE_DEVICES=0 timed python3 bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" --variant "$variant" \
+  --label "1 GPU plain" --out "$out/train-8b.jsonl" > "$out/train-8b-1-GPU-plain.log" 2>&1
+grep -h RESULT "$out/train-8b-1-GPU-plain.log" || tail -5 "$out/train-8b-1-GPU-plain.log"
 for n in 2 4; do
   step "8B QLoRA $variant, DDP on $n GPUs"
   timed train8b "DDP $n" --config_file $ddp --num_processes $n
