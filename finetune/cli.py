@@ -1,6 +1,7 @@
 """The `finetune` command: a thin layer of arguments over the modules that do the work."""
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from trl import TrlParser
 
 from finetune import FinetuneError
 from finetune.config import unknown_flags
+from finetune.launch import SPREAD_COMMANDS, add_launch_args, relaunch, split_launch_args, wants_launch
 
 DTYPES = ("float32", "bfloat16", "float16")
 RUN_FLAGS = ("--resume", "--overwrite")
@@ -38,7 +40,9 @@ def _train(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.train import train
 
     task_args, sft, model_args = parse_train_args(rest, args.parser)
-    print(train(task_args, sft, model_args, resume_command(rest)))
+    out = train(task_args, sft, model_args, resume_command(rest))
+    if _first_process():
+        print(out)
 
 
 def _distill(args: argparse.Namespace, rest: list[str]) -> None:
@@ -63,8 +67,9 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
         batch_size=args.batch_size,
         allow_other_base=args.allow_other_base,
     )
-    print(write_report(evaluation, args.out, args.overwrite))
-    print(f"report in {args.out}")
+    if evaluation is not None:  # the first process holds every row
+        print(write_report(evaluation, args.out, args.overwrite))
+        print(f"report in {args.out}")
 
 
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
@@ -86,7 +91,8 @@ def _predict(args: argparse.Namespace, rest: list[str]) -> None:
         skip_bad_rows=args.skip_bad_rows,
         overwrite=args.overwrite,
     )
-    print(f"labeled {count} rows into {args.output} (rows read and skipped: {report_path(args.output)})")
+    if _first_process():
+        print(f"labeled {count} rows into {args.output} (rows read and skipped: {report_path(args.output)})")
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> None:
@@ -109,7 +115,9 @@ def _push(args: argparse.Namespace, rest: list[str]) -> None:
 def _demo(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.demo import demo
 
-    print(demo(args.out, rest))
+    text = demo(args.out, rest)
+    if text is not None:
+        print(text)
 
 
 def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
@@ -127,6 +135,11 @@ def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
         print(f"removed: {unlink_tasks()}")
     else:
         print(tasks_path())
+
+
+def _first_process() -> bool:
+    """Under `accelerate launch` (torch's launcher sets RANK), the process that speaks and writes for all."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "float32", quantize: bool = True) -> None:
@@ -164,6 +177,7 @@ def build_parser() -> TrlParser:
     p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     _overwrite_flag(p)
+    add_launch_args(p)
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("merge", help="fold an adapter into a standalone 16-bit model")
@@ -185,6 +199,7 @@ def build_parser() -> TrlParser:
         help="leave out unusable rows, counted in the report, instead of stopping",
     )
     _overwrite_flag(p)
+    add_launch_args(p)
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("push", help="publish an adapter and its results to the Hugging Face Hub")
@@ -202,6 +217,7 @@ def build_parser() -> TrlParser:
         epilog="Any other --key value pairs override the embedded-cpu-quick preset, as for `finetune train`.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    add_launch_args(p)
     p.set_defaults(run=_demo, takes_rest=True)
 
     p = sub.add_parser("model-path", help="print the local folder of a model name (`embedded` is converted once)")
@@ -224,9 +240,10 @@ def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.Ar
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse, run, and turn the errors a user can fix into one line on stderr, without a traceback: exit 2, or
-    128 + the signal's number for a training run stopped by a signal."""
-    argv = sys.argv[1:] if argv is None else argv
+    """Parse, run (or run again on several processes through accelerate's launcher), and turn the errors a user
+    can fix into one line on stderr, without a traceback: exit 2, or 128 + the signal's number for a training
+    run stopped by a signal."""
+    launch, argv = split_launch_args(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command in ("train", "distill"):  # trl's parser reads the config file and every flag itself
@@ -234,8 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     elif rest and not getattr(args, "takes_rest", False):
         command = command_parser(parser, args.command)
         command.error(f"unrecognized arguments: {unknown_flags(rest, command)}")
+    if wants_launch(launch) and args.command not in SPREAD_COMMANDS:
+        parser.error(f"--num-processes and --accelerate-config are for {', '.join(SPREAD_COMMANDS)}")
+    if args.command not in SPREAD_COMMANDS and not _first_process():
+        return  # merge, push, ...: one process's job, however many a launcher started
     try:
-        args.run(args, rest)
+        if wants_launch(launch):
+            relaunch(argv, launch)
+        else:
+            args.run(args, rest)
     except FinetuneError as err:
         print(f"finetune {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

@@ -90,6 +90,10 @@ HELP = {
     "distill": "a teacher labels text, a student trains on it, one report compares them: "
     "finetune distill STUDENT_CONFIG|PRESET --teacher_adapter A --unlabeled_file F [--key value ...]",
 }
+LAUNCH_EPILOG = (
+    "Several GPUs of one host: --num-processes N [--accelerate-config ddp|fsdp_qlora|FILE] (accelerate launch runs "
+    "N processes; the effective batch is per-device batch x N x accumulation)."
+)
 
 
 def config_file(name: str) -> Path:
@@ -109,7 +113,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, command: s
     types = DISTILL_DATACLASSES if command == "distill" else TRAIN_DATACLASSES
     if subparsers is None:
         return TrlParser(types, prog=f"finetune {command}")
-    return subparsers.add_parser(command, dataclass_types=types, help=HELP[command])
+    return subparsers.add_parser(command, dataclass_types=types, help=HELP[command], epilog=LAUNCH_EPILOG)
 
 
 def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:

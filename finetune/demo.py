@@ -13,13 +13,16 @@ from finetune.train import train
 DEMO_PRESET = "embedded-cpu-quick"
 
 
-def demo(out: Path, overrides: list[str]) -> str:
+def demo(out: Path, overrides: list[str]) -> str | None:
+    """The report's text and timings; None on the processes other than the first under `accelerate launch`."""
     started = time.perf_counter()
     task_args, sft, model_args = parse_train_args([DEMO_PRESET, "--output_dir", str(out / "adapter"), *overrides])
     check_output(out / "report", task_args.overwrite, flag="--overwrite true")
     adapter = train(task_args, sft, model_args)
     trained = time.perf_counter()
     evaluation = evaluate(model_args, [str(adapter)])
+    if evaluation is None:
+        return None
     text = write_report(evaluation, out / "report", task_args.overwrite)
     done = time.perf_counter()
     timing = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from accelerate import PartialState, init_empty_weights
+from accelerate import init_empty_weights
 from accelerate.utils import compute_module_sizes
 from peft import PeftConfig, PeftModel
 from peft.utils import load_peft_weights
@@ -19,6 +19,7 @@ from trl import ModelConfig, get_quantization_config
 from trl.trainer.utils import create_model_from_path
 
 from finetune import FinetuneError
+from finetune.launch import process_state, under_fsdp
 from finetune.outputs import written
 
 EMBEDDED = "embedded"
@@ -107,15 +108,13 @@ def load_model(
     adapters = adapters or {}
     configs = {name: read_adapter_config(source) for name, source in adapters.items()}
     source = check_base(model_args)
-    # trl's default is device_map="auto" on a GPU; several processes (DDP) each place the model themselves
-    placement = {"device_map": None} if PartialState().num_processes > 1 else {}
     model = create_model_from_path(
         source,
         revision=model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
         quantization_config=get_quantization_config(model_args),
-        **placement,
+        **placement(),
     )
     for name, source in adapters.items():
         check_adapter_fits(model, model_args.model_name_or_path, source, configs[name], allow_other_base)
@@ -181,11 +180,20 @@ def check_fits(source: str, model_args: ModelConfig) -> None:
 def free_memory() -> tuple[str, int]:
     """Where the weights go and its free bytes: the GPUs that `device_map="auto"` spreads them over, or this
     process's own GPU under DDP, or the CPU's available RAM."""
-    state = PartialState()
+    state = process_state()
     if state.device.type != "cuda":
         return "this machine (RAM)", psutil.virtual_memory().available
     gpus = [state.device.index or 0] if state.num_processes > 1 else range(torch.cuda.device_count())
     return "the GPU" + ("s" if len(gpus) > 1 else ""), sum(torch.cuda.mem_get_info(i)[0] for i in gpus)
+
+
+def placement() -> dict:
+    """Where the base goes. One process: trl's default (the GPUs, `device_map="auto"`). Several (DDP, data-parallel
+    scoring): a whole copy on each process's own device, k-bit bases included. Under FSDP, accelerate shards it."""
+    state = process_state()
+    if state.num_processes == 1:
+        return {}
+    return {"device_map": None if under_fsdp() else {"": state.device}}
 
 
 def save_model_args(model_args: ModelConfig, out: Path) -> None:

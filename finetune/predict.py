@@ -1,15 +1,18 @@
 """`finetune predict`: label unlabeled text with a base or base + adapter, scored exactly as the
-benchmark's multiple-choice variant scores (the task builds the requests, lm-eval runs them)."""
+benchmark's multiple-choice variant scores (the task builds the requests, lm-eval runs them); under
+`accelerate launch`, each process labels its share of the rows."""
 
 import json
 import math
 from pathlib import Path
 
+from accelerate.utils import gather_object
 from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from trl import ModelConfig
 
 from finetune.data import drop_too_long, load_task, read_rows
+from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
 from finetune.outputs import check_output, written
 
@@ -64,17 +67,21 @@ def predict(
     overwrite: bool = False,
 ) -> int:
     """Label every usable row of `source` into `dest` (JSON Lines), with a report beside it; the model is loaded
-    as `finetune evaluate` loads it, and only after the input and the output have been checked."""
+    as `finetune evaluate` loads it, and only after the input and the output have been checked. Several processes
+    label consecutive shares, gathered in rank order (the file's order); the first writes."""
     for path in (dest, report_path(dest)):
         check_output(path, overwrite)
     table = read_rows(source, text_column=text_column, skip_bad_rows=skip_bad_rows)
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
     drop_too_long(table, scored_lengths(lm, table.rows), lm.max_length, skip_bad_rows)
-    labeled = label_rows(lm, table.rows)
-    with written(dest, overwrite, folder=False) as staging:
-        with staging.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in labeled)
-    with written(report_path(dest), overwrite, folder=False) as staging:
-        staging.write_text(json.dumps({**table.report(), "output": str(dest)}, indent=1))
+    state = process_state()
+    with state.split_between_processes(table.rows) as share:
+        labeled = gather_object(label_rows(lm, share))
+    if state.is_main_process:
+        with written(dest, overwrite, folder=False) as staging:
+            with staging.open("w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in labeled)
+        with written(report_path(dest), overwrite, folder=False) as staging:
+            staging.write_text(json.dumps({**table.report(), "output": str(dest)}, indent=1))
     return len(labeled)

@@ -27,6 +27,8 @@ BASE_NAME = "base"  # the base model's row in every comparison, scored with its 
 # Answers have collapsed when one label takes at least this share of a model's answers on a variant; the gold
 # labels are 28-40% each, and a classifier that is right 80% of the time gives none of them more than ~50%.
 COLLAPSE_SHARE = 0.9
+# Every scored row's (gold, answer) per model and variant, in the task's order: for row-by-row comparisons.
+ANSWERS = "answers.json"
 
 
 def write_training_log(history: list[dict], out: Path) -> None:
@@ -41,8 +43,8 @@ def read_training_log(adapter: Path) -> list[dict]:
 
 
 def write_report(evaluation: "Evaluation", out: Path, overwrite: bool = False) -> str:
-    """metrics.json, report.md, the comparison and confusion PNGs, and each local adapter's loss curve; written
-    beside `out` and renamed into place."""
+    """metrics.json, answers.json, report.md, the comparison and confusion PNGs, and each local adapter's loss
+    curve; written beside `out` and renamed into place."""
     with written(out, overwrite) as staging:
         return fill_report(evaluation, staging)
 
@@ -52,6 +54,7 @@ def fill_report(evaluation: "Evaluation", out: Path) -> str:
     found = warnings(evaluation)
     meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows, "warnings": found}
     (out / METRICS).write_text(json.dumps({**meta, "results": evaluation.results}, indent=1))
+    (out / ANSWERS).write_text(json.dumps(evaluation.pairs))
     plot_comparison(evaluation.results, out / "comparison.png")
     sections = [table(evaluation.results)]
     if found:

@@ -24,6 +24,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from finetune import FinetuneError
 from finetune.config import TaskArguments
 from finetune.data import Table, drop_too_long, load_task, prompt_completion, read_rows, training_sets
+from finetune.launch import under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
 from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
 from finetune.predict import PREDICT_TASK, choice_logliks
@@ -120,6 +121,8 @@ def build_trainer(
     """An SFTTrainer on the task's prompt-completion pairs (the pinned splits or the user's files, through the
     task's own prompt): loss on the answer and EOS only; checkpoints also scored by validation macro-F1."""
     model_args.dtype = compute_dtype(sft)
+    if under_fsdp() and model_args.load_in_4bit:
+        shard_4bit_weights(model_args)
     tokenizer = load_tokenizer(model_args)
     if tables is None:
         tables = user_tables(task_args)
@@ -208,6 +211,23 @@ def claim_run_folder(out: Path, task_args: TaskArguments) -> Path | None:
     return set_aside(out) if is_used(out) and PartialState().is_main_process else None
 
 
+def shard_4bit_weights(model_args: ModelConfig) -> None:
+    """FSDP shards floating-point tensors only: the 4-bit weights are packed into the compute dtype, the base is
+    loaded in it (peft's FSDP + QLoRA guide), and every trainable weight shares it, which rules out fp16's fp32 LoRA."""
+    if model_args.dtype != "bfloat16":
+        raise FinetuneError(f"FSDP + QLoRA trains in bf16 here, not {model_args.dtype}: pass --bf16 true --fp16 false")
+    model_args.bnb_4bit_quant_storage = model_args.dtype
+
+
+def effective_batch(sft: SFTConfig) -> str:
+    """What one optimizer step sees: the config's per-device batch on every process, times accumulation."""
+    per_device, processes, steps = sft.per_device_train_batch_size, sft.world_size, sft.gradient_accumulation_steps
+    return (
+        f"effective batch {per_device * processes * steps} = {per_device} per device x {processes} "
+        f"process{'es' if processes > 1 else ''} x {steps} accumulation"
+    )
+
+
 def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, resume_command: str | None = None) -> Path:
     """Train, keep the best adapter, and save it with how its base was loaded, its loss curve and the report of
     the user's files. The final files are written beside the run folder and renamed into it; a signal stops the
@@ -222,6 +242,8 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, res
     try:
         trainer = build_trainer(task_args, sft, model_args, tables)
         trainer.add_callback(stop)
+        if trainer.is_world_process_zero():
+            print(f"finetune train: {effective_batch(trainer.args)}", flush=True)
         trainer.train(resume_from_checkpoint=True if task_args.resume else None)
     except BaseException:
         if replaced is not None and stop.received is None:

@@ -1,0 +1,67 @@
+"""Training throughput on several GPUs of one host: a variant of bench/train_throughput.py (the 8B-shaped
+4-bit nf4 QLoRA run, same per-device arguments) under `accelerate launch`, DDP or FSDP. Each process times its
+optimizer steps and counts the non-padding tokens of its own batches; the first adds them up and prints one
+RESULT line: processes, tokens/s and examples/s at steady state (all processes together), and the peak
+`torch.cuda.max_memory_allocated` of every card.
+
+    accelerate launch --num_processes N [--config_file finetune/accelerate/fsdp_qlora.yaml] \\
+        bench/scaleout_train.py --model-dir DIR --tokenizer DIR [--variant b64] [--out results.jsonl]
+
+The model folder is written once beforehand: `python bench/train_throughput.py --build-only --model-dir DIR`.
+"""
+
+import argparse
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import benchlib
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from train_throughput import VARIANTS, Variant, add_tokenizer, run_variant
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True, help="the 8B-shaped folder train_throughput.py wrote")
+    parser.add_argument("--tokenizer", default="embedded", help="Hub id, folder or `embedded` (SmolLM2's)")
+    parser.add_argument("--variant", default="b64", choices=VARIANTS)
+    parser.add_argument("--steps", type=int, help="optimizer steps (default: the variant's own)")
+    parser.add_argument("--skip", type=int, help="first steps left out of the steady state (default: the variant's)")
+    parser.add_argument("--label", default="DDP", help="how the processes share the work, for the RESULT line")
+    parser.add_argument("--out", type=Path, help="JSON Lines file the first process appends its row to")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    state = PartialState()
+    with state.main_process_first():
+        add_tokenizer(args.model_dir, args.tokenizer)
+    v = VARIANTS[args.variant]
+    v = Variant(v.preset, v.args, args.steps or v.steps, v.skip if args.skip is None else args.skip, v.about)
+    result = run_variant(args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS)
+    ranks = gather_object([asdict(result)])
+    if not state.is_main_process:
+        return
+    row = {
+        "label": args.label,
+        "processes": state.num_processes,
+        "variant": args.variant,
+        "arguments": " ".join([v.preset, *v.args]),
+        "steps": result.steps,
+        "skipped": result.skipped,
+        # the processes step together (DDP and FSDP synchronise every step), so their rates add up
+        "tokens_per_s": sum(r["tokens_per_s"] for r in ranks),
+        "examples_per_s": sum(r["examples_per_s"] for r in ranks),
+        "e2e_tokens_per_s": sum(r["e2e_tokens_per_s"] for r in ranks),
+        "peak_gib_per_card": [round(r["peak_gib"], 2) for r in ranks],
+        "mfu_per_card": sum(r["mfu"] for r in ranks) / len(ranks),
+        "environment": benchlib.environment(),
+    }
+    print("RESULT", json.dumps(row), flush=True)
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Several processes through accelerate: `finetune CMD ... --num-processes N` runs itself again under
+accelerate's own launcher (`accelerate launch -m finetune.cli CMD ...`), as trl's CLI does for its scripts,
+and every process learns from accelerate's state which one it is and where its model goes."""
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.commands.launch import launch_command, launch_command_parser
+from accelerate.utils import parse_flag_from_env
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+from finetune import FinetuneError
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
+# The commands whose work is spread over processes; the others are one process's job.
+SPREAD_COMMANDS = ("train", "evaluate", "predict", "demo")
+# accelerate's launcher runs several CPU processes only through MPI; its multi-GPU path (torch's elastic
+# launcher) runs them with gloo when this flag tells accelerate and the Trainer that there is no GPU.
+USE_CPU = "ACCELERATE_USE_CPU"
+
+
+def add_launch_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several processes, one host (accelerate launch)")
+    group.add_argument(
+        "--num-processes", "--num_processes", type=int, help="processes to run, one a GPU (gloo CPU processes without)"
+    )
+    group.add_argument(
+        "--accelerate-config",
+        "--accelerate_config",
+        help="accelerate config file, or a shipped one: " + ", ".join(sorted(shipped_configs())),
+    )
+
+
+def shipped_configs() -> dict[str, Path]:
+    return {path.stem: path for path in ACCELERATE_CONFIGS.glob("*.yaml")}
+
+
+def split_launch_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The launch flags, and the command line without them (what each launched process runs)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    add_launch_args(parser)
+    return parser.parse_known_args(argv)
+
+
+def wants_launch(launch: argparse.Namespace) -> bool:
+    return (launch.num_processes or 1) > 1 or launch.accelerate_config is not None
+
+
+def accelerate_config(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if name in shipped:
+        return shipped[name]
+    raise FinetuneError(
+        f"no accelerate config file {name!r} and no shipped one of that name ({', '.join(sorted(shipped))})"
+    )
+
+
+def relaunch(argv: list[str], launch: argparse.Namespace) -> None:
+    """`accelerate launch [--config_file F] --num_processes N -m finetune.cli ARGV` on this host; raises
+    if a process failed (each has already said why)."""
+    flags = ["--main_process_port", "0"]  # a free port: several runs on one host do not collide
+    if launch.accelerate_config is not None:
+        flags += ["--config_file", str(accelerate_config(launch.accelerate_config))]
+    else:  # what accelerate would otherwise warn that it assumed
+        flags += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if (launch.num_processes or 1) > 1:
+            flags.append("--multi_gpu")  # torch's elastic launcher, also for gloo CPU processes
+    if launch.num_processes is not None:
+        flags += ["--num_processes", str(launch.num_processes)]
+    if not torch.cuda.is_available():
+        os.environ[USE_CPU] = "true"
+    try:
+        launch_command(launch_command_parser().parse_args([*flags, "--module", "finetune.cli", *argv]))
+    except ChildFailedError as err:
+        failed = ", ".join(f"process {rank} exited with {f.exitcode}" for rank, f in sorted(err.failures.items()))
+        raise FinetuneError(f"accelerate launch: {failed}") from None
+
+
+def process_state() -> PartialState:
+    """accelerate's view of this process (its rank, its device). On a machine without a GPU, several
+    processes talk through gloo."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def under_fsdp() -> bool:
+    """Launched with an FSDP config (accelerate tells its processes through the environment)."""
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")

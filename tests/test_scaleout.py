@@ -1,0 +1,127 @@
+"""Several processes through accelerate, on CPU (gloo): `--num-processes 2` trains one adapter with the
+configured effective batch, and evaluation and labeling spread their rows yet answer as one process does."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trl import get_quantization_config
+
+from finetune import FinetuneError
+from finetune.cli import main
+from finetune.data import load_task
+from finetune.evaluate import evaluate
+from finetune.launch import split_launch_args
+from finetune.model import base_config
+from finetune.train import shard_4bit_weights
+
+TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
+SPREAD_JOB = Path(__file__).parent / "spread_job.py"
+ROWS = 9  # odd: the two processes get unequal shares
+
+
+def python(*command: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`finetune train --num-processes 2`: the CLI runs itself again under accelerate's launcher."""
+    out = tmp_path_factory.mktemp("ddp") / "adapter"
+    done = python("-m", "finetune.cli", "train", str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir),
+               "--output_dir", str(out), "--num-processes", "2")  # fmt: skip
+    return out, done.stdout
+
+
+@pytest.fixture(scope="module")
+def spread(two_process_run, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Evaluation and labeling of the first ROWS test rows with the adapter, in 2 gloo processes started by
+    `accelerate launch` itself (what `--num-processes 2` runs on a machine without a GPU)."""
+    adapter, _ = two_process_run
+    folder = tmp_path_factory.mktemp("spread")
+    paths = {"report": folder / "report", "input": folder / "in.jsonl", "labeled": folder / "labeled.jsonl"}
+    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
+    paths["input"].write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
+    commands = [
+        ["evaluate", "--base", str(tiny_model_dir), "--adapter", str(adapter), "--limit", str(ROWS),
+         "--out", str(paths["report"])],
+        ["predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(paths["input"]),
+         "--output", str(paths["labeled"])],
+    ]  # fmt: skip
+    launch = ["--multi_gpu", "--num_processes", "2", "--main_process_port", "0", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    python("-m", "accelerate.commands.launch", *launch, str(SPREAD_JOB), json.dumps(commands),
+        env={**os.environ, "ACCELERATE_USE_CPU": "true"})  # fmt: skip
+    return paths
+
+
+def test_two_processes_train_one_adapter_with_the_effective_batch_they_announce(two_process_run) -> None:
+    adapter, stdout = two_process_run
+    assert stdout.count("effective batch 32 = 16 per device x 2 processes x 1 accumulation") == 1
+    assert stdout.splitlines()[-1] == str(adapter), "only the first process prints"
+    history = json.loads((adapter / "train_log.json").read_text())
+    steps = [row for row in history if "loss" in row]
+    # 64 training rows, 32 a step: each step is half an epoch, so the processes saw different rows
+    assert [row["epoch"] for row in steps] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert all(math.isfinite(row["loss"]) for row in steps) and steps[-1]["loss"] < steps[0]["loss"]
+    for name in ("adapter_model.safetensors", "adapter_config.json", "model_args.json", "training_loss.png"):
+        assert (adapter / name).stat().st_size > 0
+
+
+def test_evaluation_over_two_processes_answers_every_row_as_one_process(
+    spread: dict[str, Path], two_process_run, tiny_model_dir: Path
+) -> None:
+    adapter, _ = two_process_run
+    alone = evaluate(base_config(str(tiny_model_dir)), [str(adapter)], limit=ROWS)
+    answers = json.loads((spread["report"] / "answers.json").read_text())
+    assert answers == json.loads(json.dumps(alone.pairs)), "the same (gold, answer) on every row of every variant"
+    assert json.loads((spread["report"] / "metrics.json").read_text())["results"] == alone.results
+
+
+def test_labeling_over_two_processes_gives_each_row_its_one_process_label_and_score(
+    spread: dict[str, Path], two_process_run, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    adapter, _ = two_process_run
+    alone = tmp_path / "alone.jsonl"
+    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(spread["input"]),
+          "--output", str(alone)])  # fmt: skip
+    rows = [[json.loads(line) for line in path.read_text().splitlines()] for path in (spread["labeled"], alone)]
+    assert [r["id"] for r in rows[0]] == [json.loads(line)["id"] for line in spread["input"].read_text().splitlines()]
+    assert [r["prediction"] for r in rows[0]] == [r["prediction"] for r in rows[1]]
+    assert [r["confidence"] for r in rows[0]] == pytest.approx([r["confidence"] for r in rows[1]], abs=2e-4)
+
+
+def test_launch_flags_are_taken_out_of_the_command_each_process_runs() -> None:
+    launch, rest = split_launch_args(["train", "cfg.yaml", "--num_processes", "4", "--lora_r", "8",
+                                      "--accelerate-config", "ddp"])  # fmt: skip
+    assert (launch.num_processes, launch.accelerate_config, rest) == (4, "ddp", ["train", "cfg.yaml", "--lora_r", "8"])
+
+
+def test_launch_flags_are_refused_for_commands_of_one_process(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["merge", "--adapter", "a", "--out", "b", "--num-processes", "2"])
+    assert "--num-processes and --accelerate-config are for train, evaluate, predict, demo" in capsys.readouterr().err
+
+
+def test_an_unknown_accelerate_config_is_named(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--accelerate-config", "no-such", "--out", "x"])
+    assert exit_.value.code == 2
+    assert "no accelerate config file 'no-such' and no shipped one of that name (ddp, fsdp_qlora)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_fsdp_qlora_packs_the_4_bit_weights_in_bf16_and_refuses_fp16() -> None:
+    model_args = base_config("meta-llama/Llama-3.1-8B-Instruct", "bfloat16", load_in_4bit=True)
+    shard_4bit_weights(model_args)
+    assert get_quantization_config(model_args).bnb_4bit_quant_storage == torch.bfloat16
+    with pytest.raises(FinetuneError, match=r"FSDP \+ QLoRA trains in bf16 here, not float16: pass --bf16 true"):
+        shard_4bit_weights(base_config("meta-llama/Llama-3.1-8B-Instruct", "float16", load_in_4bit=True))
