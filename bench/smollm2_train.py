@@ -20,20 +20,21 @@ from pathlib import Path
 
 import benchlib
 import torch
-from eval_speed import PINNED, load, score, task_manager
+from eval_speed import PINNED, score
 from lm_eval.models.huggingface import HFLM
-from transformers import AutoTokenizer
 from transformers.models.llama import modeling_llama
 
 from finetune.config import parse_train_args
-from finetune.model import resolve_model
+from finetune.data import task_manager
+from finetune.model import base_config, load_model, load_tokenizer
 from finetune.train import build_trainer
 
 PRESET = "embedded-gpu"
 # `embedded-gpu` as of commit 62e99b2, spelled out so that the row stays the same when the preset changes.
 BEFORE = ("--lora_dropout", "0.05", "--per_device_train_batch_size", "32", "--learning_rate", "0.0005",
           "--warmup_steps", "20", "--eval_steps", "25", "--save_steps", "25", "--per_device_eval_batch_size", "64",
-          "--train_sampling_strategy", "random", "--use_liger_kernel", "false")  # fmt: skip
+          "--train_sampling_strategy", "random", "--use_liger_kernel", "false", "--metric_for_best_model", "eval_loss",
+          "--greater_is_better", "false")  # fmt: skip
 FAST = ("--lora_dropout", "0", "--use_liger_kernel", "true", "--train_sampling_strategy", "group_by_length",
         "--per_device_eval_batch_size", "256")  # fmt: skip
 
@@ -100,9 +101,9 @@ def train_variant(name: str, variant: Variant, runs: Path, skip: int) -> dict:
 
 def macro_f1(adapter: Path, batch_size: int) -> dict:
     """The adapter scored as `finetune evaluate` scores it: fp32 base, peft adapter, lm-eval, pinned 300."""
-    model = load("embedded", str(adapter), torch.float32)
-    lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(resolve_model("embedded")),
-              batch_size=batch_size)  # fmt: skip
+    model_args = base_config("embedded")
+    model = load_model(model_args, {"adapter": str(adapter)})
+    lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
     manager = task_manager()
     scores = {}
     for task in PINNED:
