@@ -8,7 +8,6 @@ import threading
 from itertools import islice
 from pathlib import Path
 
-from accelerate import PartialState
 from lm_eval.models.huggingface import HFLM
 from torch.utils.data import DataLoader
 from transformers import (
@@ -24,7 +23,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from finetune import FinetuneError
 from finetune.config import TaskArguments
 from finetune.data import Table, drop_too_long, load_task, prompt_completion, read_rows, training_sets
-from finetune.launch import under_fsdp
+from finetune.launch import process_state, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
 from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
 from finetune.predict import PREDICT_TASK, choice_logliks
@@ -208,7 +207,7 @@ def claim_run_folder(out: Path, task_args: TaskArguments) -> Path | None:
             f"{out}: the folder is not empty; pass --resume true to continue its run, or --overwrite true to replace it"
         )
     check_output(out, overwrite=True)
-    return set_aside(out) if is_used(out) and PartialState().is_main_process else None
+    return set_aside(out) if is_used(out) and process_state().is_main_process else None
 
 
 def shard_4bit_weights(model_args: ModelConfig) -> None:
