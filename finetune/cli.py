@@ -127,7 +127,8 @@ def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
-    from finetune.data import link_tasks, tasks_path, unlink_tasks
+    from finetune.data import tasks_path
+    from finetune.task_link import link_tasks, unlink_tasks
 
     if args.link:
         print(f"linked: {link_tasks()} (undo with `finetune tasks-path --unlink`)")

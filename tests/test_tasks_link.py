@@ -9,10 +9,10 @@ from pathlib import Path
 import lm_eval
 import pytest
 
-import finetune.data as data
+import finetune.task_link as task_link
 from finetune import FinetuneError
 from finetune.cli import main
-from finetune.data import LINK_FOLDER, link_tasks, unlink_tasks
+from finetune.task_link import LINK_FOLDER, link_tasks, unlink_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = "tweet_sentiment,tweet_sentiment_gen,tweet_sentiment_mc,tweet_sentiment_full"
@@ -43,7 +43,7 @@ def test_link_lets_plain_lm_eval_list_validate_and_run_the_task_and_unlink_takes
     shadow_site: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     tasks = shadow_site / "lm_eval" / "tasks"
-    monkeypatch.setattr(data, "lm_eval_task_folder", lambda: tasks)  # this process's lm_eval is the shared install
+    monkeypatch.setattr(task_link, "lm_eval_task_folder", lambda: tasks)  # this process's lm_eval is the shared install
     main(["tasks-path", "--link"])
     assert f"linked: {tasks / LINK_FOLDER}" in capsys.readouterr().out
 

@@ -1,0 +1,60 @@
+"""`finetune tasks-path --link`: an opt-in, reversible way for plain `lm_eval --tasks tweet_sentiment` to find the
+task, by links in lm-eval's own task folder (lm-eval 0.4.13 has no plugin mechanism for tasks); no lm-eval code is
+changed."""
+
+from pathlib import Path
+
+from finetune import FinetuneError
+from finetune.data import TASK_GROUP, tasks_path
+
+# The folder `finetune tasks-path --link` makes inside lm-eval's own task folder (named after this project, so it
+# cannot clash with a task folder lm-eval ships).
+LINK_FOLDER = "tweet_sentiment_lm"
+
+
+def lm_eval_task_folder() -> Path:
+    """lm-eval's built-in task folder: the one its TaskManager indexes when no --include_path is given."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def linked_folder(root: Path) -> Path:
+    """`root/LINK_FOLDER`, refused if something there is not a link of ours (it is never overwritten)."""
+    folder = root / LINK_FOLDER
+    ours = tasks_path() / TASK_GROUP
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise FinetuneError(f"{folder} is not a folder made by `finetune tasks-path --link`; remove it yourself")
+    strangers = [p for p in folder.glob("*") if not (p.is_symlink() and p.resolve().parent == ours)]
+    if strangers:
+        raise FinetuneError(f"{folder} holds {strangers[0].name}, which is not ours; remove the folder yourself")
+    return folder
+
+
+def link_tasks(root: Path | None = None) -> Path:
+    """Let plain `lm_eval --tasks tweet_sentiment` find the task: a folder in lm-eval's task folder with a link to each
+    of our YAML files. lm-eval indexes `**/*.yaml` without entering linked folders, so the folder is real; it reads
+    a linked file from where the link points, so includes and `!function utils.*` resolve beside our real files."""
+    folder = linked_folder(root or lm_eval_task_folder())
+    try:
+        folder.mkdir(exist_ok=True)
+        for config in sorted((tasks_path() / TASK_GROUP).glob("*.yaml")):
+            link = folder / config.name
+            link.unlink(missing_ok=True)
+            link.symlink_to(config)
+    except OSError as err:
+        raise FinetuneError(f"cannot link the task into {folder.parent}: {err.strerror}") from None
+    return folder
+
+
+def unlink_tasks(root: Path | None = None) -> Path:
+    """Undo `link_tasks`: remove the links and their folder, and nothing else."""
+    folder = linked_folder(root or lm_eval_task_folder())
+    try:
+        for link in folder.glob("*"):
+            link.unlink()
+        if folder.exists():
+            folder.rmdir()
+    except OSError as err:
+        raise FinetuneError(f"cannot remove {folder}: {err.strerror}") from None
+    return folder
