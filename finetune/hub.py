@@ -17,7 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from finetune import FinetuneError
 from finetune.model import EMBEDDED, EMBEDDED_UPSTREAM, MODEL_ARGS
-from finetune.report import LOSS_PLOT, METRICS, read_training_log
+from finetune.report import BASE_NAME, LOSS_PLOT, METRICS, read_training_log
 from lm_eval_tasks.tweet_sentiment.utils import HUB_DATASET, HUB_REVISION
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -97,7 +97,7 @@ def report_results(report: Path, adapter: Path) -> dict:
             f"{path} has no results for adapter {adapter} (it holds: {held}); "
             f"run `finetune evaluate --adapter {adapter} --out {report}`, or push without --report"
         )
-    return {"base": metrics["results"]["base"], "adapter": metrics["results"][names[0]], "rows": metrics["rows"]}
+    return {"base": metrics["results"][BASE_NAME], "adapter": metrics["results"][names[0]], "rows": metrics["rows"]}
 
 
 def eval_results(results: dict) -> list[EvalResult]:
