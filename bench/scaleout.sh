@@ -1,62 +1,70 @@
 #!/usr/bin/env bash
 # The "Scale-out" rows of docs/benchmarks.md, on one host with 4 GPUs, most important first; each row is written
 # as soon as it is measured (OUT/steps.log says what ran when), so a run cut short keeps what it finished.
-#   1. 8B-shaped nf4 QLoRA, the same per-device arguments (bench/train_throughput.py's VARIANT) on 1 GPU (under
-#      accelerate's launcher, then as a plain process), 2 and 4 GPUs (DDP, finetune/accelerate/ddp.yaml), then
+#   1. 8B-shaped nf4 QLoRA, the same per-device arguments (bench/train_throughput.py's VARIANT) on 1 GPU (a plain
+#      process, then under accelerate's launcher, which runs it with one CPU thread as it runs every DDP process),
+#      2 and 4 GPUs (DDP, finetune/accelerate/ddp.yaml; on 2 also with DDP's search for unused parameters on), then
 #      FSDP + QLoRA on 2 (finetune/accelerate/fsdp_qlora.yaml)
-#   2. SmolLM2 `embedded-gpu` trained on 2 GPUs at the preset's effective batch (half the per-device batch)
-#   3. its evaluation (base + adapter) on 4 processes and on 1 GPU: the same answers, and the times
-#   4. the same preset trained on 1 GPU, for the macro-F1 beside the 2-GPU adapter's
-# Usage: bench/scaleout.sh OUT TOKENIZER_DIR MODEL_DIR [VARIANT]
+#   2. SmolLM2 `embedded-gpu` trained on 2 GPUs at the preset's effective batch (half the per-device batch), and
+#      at the same time on a third GPU as one process, for the macro-F1 of the two adapters
+#   3. the evaluation of base + both adapters on 4 processes and on 1 GPU: the same answers, and the times
+# Usage: bench/scaleout.sh OUT TOKENIZER_DIR MODEL_DIR [VARIANT [STEPS SKIP]]
 #   TOKENIZER_DIR: a tokenizer for the 8B shape (SmolLM2's: `finetune model-path embedded`)
 #   MODEL_DIR: the 8B-shaped random model, written there if absent (16 GB)
+#   STEPS, SKIP: optimizer steps per 8B row, and how many first ones the steady state leaves out (20, 5)
 # (`python3 -m accelerate.commands.launch` is `accelerate launch`, whether or not that script is on the PATH.)
 set -uo pipefail
-out=$(realpath -m "$1") tok=$2 model=$3 variant=${4:-b64}
+out=$(realpath -m "$1") tok=$2 model=$3 variant=${4:-b64} steps=${5:-20} skip=${6:-5}
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 step() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$out/steps.log"; }
 timed() { local start=$SECONDS; "$@"; local rc=$?; echo "$((SECONDS - start)) s, exit $rc" | tee -a "$out/steps.log"; }
-train8b() {  # LABEL ACCELERATE-LAUNCH-ARGS...
-  local label=$1; shift
-  python3 -m accelerate.commands.launch --main_process_port 0 "$@" bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" \
-    --variant "$variant" --label "$label" --out "$out/train-8b.jsonl" > "$out/train-8b-${label// /-}.log" 2>&1
-  grep -h RESULT "$out/train-8b-${label// /-}.log" || tail -5 "$out/train-8b-${label// /-}.log"
+row8b() {  # LABEL COMMAND... (the command runs bench/scaleout_train.py; $extra: more `finetune train` flags)
+  local label=$1 log="$out/train-8b-${1// /-}.log"; shift
+  # shellcheck disable=SC2086  # $extra is a list of flags
+  "$@" --model-dir "$model" --tokenizer "$tok" --variant "$variant" --steps "$steps" --skip "$skip" --label "$label" \
+    --out "$out/train-8b.jsonl" ${extra:-} > "$log" 2>&1
+  grep -h RESULT "$log" || tail -5 "$log"
 }
+launch() { python3 -m accelerate.commands.launch --main_process_port 0 "$@" bench/scaleout_train.py; }
 ddp=finetune/accelerate/ddp.yaml fsdp=finetune/accelerate/fsdp_qlora.yaml
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
 
 step "8B shape: random model"
 CUDA_VISIBLE_DEVICES=0 timed python3 bench/train_throughput.py --build-only --model-dir "$model" > "$out/build.log" 2>&1
-step "8B QLoRA $variant, 1 GPU"
-CUDA_VISIBLE_DEVICES=0 timed train8b "1 GPU" --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
-step "8B QLoRA $variant, 1 GPU, a plain process (no launcher)"
-CUDA_VISIBLE_DEVICES=0 timed python3 bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" --variant "$variant" \
-  --label "1 GPU plain" --out "$out/train-8b.jsonl" > "$out/train-8b-1-GPU-plain.log" 2>&1
-grep -h RESULT "$out/train-8b-1-GPU-plain.log" || tail -5 "$out/train-8b-1-GPU-plain.log"
+step "8B QLoRA $variant, 1 GPU, a plain process"
+CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU" python3 bench/scaleout_train.py
+step "8B QLoRA $variant, 1 GPU, under accelerate's launcher"
+CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU launcher" launch --num_processes 1 --num_machines 1 --mixed_precision no \
+  --dynamo_backend no
 for n in 2 4; do
   step "8B QLoRA $variant, DDP on $n GPUs"
-  timed train8b "DDP $n" --config_file $ddp --num_processes $n
+  timed row8b "DDP $n" launch --config_file $ddp --num_processes $n
 done
+step "8B QLoRA $variant, DDP on 2 GPUs, searching for unused parameters (transformers' default for a peft model)"
+extra="--ddp_find_unused_parameters true" timed row8b "DDP 2 find-unused" launch --config_file $ddp --num_processes 2
 step "8B QLoRA $variant, FSDP on 2 GPUs"
-timed train8b "FSDP 2" --config_file $fsdp --num_processes 2
+timed row8b "FSDP 2" launch --config_file $fsdp --num_processes 2
 
 runs=$out/runs
 per_device=$(sed -n 's/^per_device_train_batch_size: *//p' finetune/configs/embedded-gpu.yaml)
-step "SmolLM2 embedded-gpu on 2 GPUs, per-device batch $((per_device / 2)) (effective $per_device)"
-timed python3 -m finetune.cli train embedded-gpu --num-processes 2 --output_dir "$runs/smollm2-2gpu" \
-  --per_device_train_batch_size $((per_device / 2)) > "$out/smollm2-2gpu.log" 2>&1
-grep -h "effective batch\|train_runtime" "$out/smollm2-2gpu.log"
-evaluate() {  # NAME ADAPTER [--num-processes N]
-  local name=$1 adapter=$2; shift 2
-  timed python3 -m finetune.cli evaluate --base embedded --adapter "$adapter" --batch-size 64 "$@" \
-    --out "$out/$name" > "$out/$name.log" 2>&1
-  head -6 "$out/$name/report.md"
+step "SmolLM2 embedded-gpu on 2 GPUs, per-device batch $((per_device / 2)) (effective $per_device), and on 1 GPU"
+CUDA_VISIBLE_DEVICES=0,1 timed python3 -m finetune.cli train embedded-gpu --num-processes 2 --output_dir "$runs/smollm2-2gpu" \
+  --per_device_train_batch_size $((per_device / 2)) > "$out/smollm2-2gpu.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=2 timed python3 -m finetune.cli train embedded-gpu --output_dir "$runs/smollm2-1gpu" \
+  > "$out/smollm2-1gpu.log" 2>&1
+wait
+grep -h "effective batch\|train_runtime" "$out/smollm2-2gpu.log" "$out/smollm2-1gpu.log"
+evaluate() {  # NAME [--num-processes N]
+  local name=$1; shift
+  timed python3 -m finetune.cli evaluate --base embedded --adapter "$runs/smollm2-2gpu" --adapter "$runs/smollm2-1gpu" \
+    --batch-size 64 "$@" --out "$out/$name" > "$out/$name.log" 2>&1
+  head -8 "$out/$name/report.md"
 }
-step "evaluate base + 2-GPU adapter on 4 processes"
-evaluate eval-4gpu "$runs/smollm2-2gpu" --num-processes 4
-step "evaluate base + 2-GPU adapter on 1 GPU"
-CUDA_VISIBLE_DEVICES=0 evaluate eval-1gpu "$runs/smollm2-2gpu"
+step "evaluate base + both adapters on 4 processes"
+evaluate eval-4gpu --num-processes 4
+step "evaluate base + both adapters on 1 GPU"
+CUDA_VISIBLE_DEVICES=0 evaluate eval-1gpu
 python3 - "$out" <<'PY'
 import json, sys
 from pathlib import Path
@@ -68,10 +76,4 @@ differ = sum(a != b for m in one for v in one[m] for a, b in zip(one[m][v], four
 metrics = [json.loads((out / n / "metrics.json").read_text())["results"] for n in ("eval-1gpu", "eval-4gpu")]
 print(f"EVAL 4 processes vs 1 GPU: {differ} of {rows} answers differ; metrics identical: {metrics[0] == metrics[1]}")
 PY
-step "SmolLM2 embedded-gpu on 1 GPU"
-CUDA_VISIBLE_DEVICES=0 timed python3 -m finetune.cli train embedded-gpu --output_dir "$runs/smollm2-1gpu" \
-  > "$out/smollm2-1gpu.log" 2>&1
-grep -h "effective batch\|train_runtime" "$out/smollm2-1gpu.log"
-step "evaluate base + 1-GPU adapter on 4 processes"
-evaluate eval-1gpu-adapter "$runs/smollm2-1gpu" --num-processes 4
 step DONE

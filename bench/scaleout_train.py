@@ -5,7 +5,10 @@ RESULT line: processes, tokens/s and examples/s at steady state (all processes t
 `torch.cuda.max_memory_allocated` of every card.
 
     accelerate launch --num_processes N [--config_file finetune/accelerate/fsdp_qlora.yaml] \\
-        bench/scaleout_train.py --model-dir DIR --tokenizer DIR [--variant b64] [--out results.jsonl]
+        bench/scaleout_train.py --model-dir DIR --tokenizer DIR [--variant b64] [--out results.jsonl] [--KEY VALUE ...]
+
+Any other `--KEY VALUE` is a `finetune train` argument added to the variant's (e.g. `--ddp_find_unused_parameters
+true`, to measure DDP's search for unused parameters on and off).
 
 The model folder is written once beforehand: `python bench/train_throughput.py --build-only --model-dir DIR`.
 """
@@ -17,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import benchlib
+import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from train_throughput import VARIANTS, Variant, add_tokenizer, run_variant
@@ -31,13 +35,13 @@ def main() -> None:
     parser.add_argument("--skip", type=int, help="first steps left out of the steady state (default: the variant's)")
     parser.add_argument("--label", default="DDP", help="how the processes share the work, for the RESULT line")
     parser.add_argument("--out", type=Path, help="JSON Lines file the first process appends its row to")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     state = PartialState()
     with state.main_process_first():
         add_tokenizer(args.model_dir, args.tokenizer)
     v = VARIANTS[args.variant]
-    v = Variant(v.preset, v.args, args.steps or v.steps, v.skip if args.skip is None else args.skip, v.about)
+    v = Variant(v.preset, (*v.args, *extra), args.steps or v.steps, v.skip if args.skip is None else args.skip, v.about)
     result = run_variant(args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS)
     ranks = gather_object([asdict(result)])
     if not state.is_main_process:
@@ -55,6 +59,7 @@ def main() -> None:
         "e2e_tokens_per_s": sum(r["e2e_tokens_per_s"] for r in ranks),
         "peak_gib_per_card": [round(r["peak_gib"], 2) for r in ranks],
         "mfu_per_card": sum(r["mfu"] for r in ranks) / len(ranks),
+        "cpu_threads_per_process": torch.get_num_threads(),
         "environment": benchlib.environment(),
     }
     print("RESULT", json.dumps(row), flush=True)
