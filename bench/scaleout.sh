@@ -19,33 +19,36 @@ cd "$(dirname "$0")/.."
 mkdir -p "$out"
 step() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$out/steps.log"; }
 timed() { local start=$SECONDS; "$@"; local rc=$?; echo "$((SECONDS - start)) s, exit $rc" | tee -a "$out/steps.log"; }
-row8b() {  # LABEL COMMAND... (the command runs bench/scaleout_train.py; $extra: more `finetune train` flags)
+row8b() {  # LABEL LAUNCHER... (what runs bench/scaleout_train.py; $extra: more `finetune train` flags)
   local label=$1 log="$out/train-8b-${1// /-}.log"; shift
   # shellcheck disable=SC2086  # $extra is a list of flags
-  "$@" --model-dir "$model" --tokenizer "$tok" --variant "$variant" --steps "$steps" --skip "$skip" --label "$label" \
+  "$@" bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" --variant "$variant" --steps "$steps" --skip "$skip" --label "$label" \
     --out "$out/train-8b.jsonl" ${extra:-} > "$log" 2>&1
   grep -h RESULT "$log" || tail -5 "$log"
 }
-launch() { python3 -m accelerate.commands.launch --main_process_port 0 "$@" bench/scaleout_train.py; }
+launch="python3 -m accelerate.commands.launch --main_process_port 0"
 ddp=finetune/accelerate/ddp.yaml fsdp=finetune/accelerate/fsdp_qlora.yaml
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
 
+if [ "${PARTS:-8b smollm2}" != smollm2 ]; then
 step "8B shape: random model"
 CUDA_VISIBLE_DEVICES=0 timed python3 bench/train_throughput.py --build-only --model-dir "$model" > "$out/build.log" 2>&1
 step "8B QLoRA $variant, 1 GPU, a plain process"
-CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU" python3 bench/scaleout_train.py
+CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU" python3
 step "8B QLoRA $variant, 1 GPU, under accelerate's launcher"
-CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU launcher" launch --num_processes 1 --num_machines 1 --mixed_precision no \
+CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU launcher" $launch --num_processes 1 --num_machines 1 --mixed_precision no \
   --dynamo_backend no
 for n in 2 4; do
   step "8B QLoRA $variant, DDP on $n GPUs"
-  timed row8b "DDP $n" launch --config_file $ddp --num_processes $n
+  timed row8b "DDP $n" $launch --config_file $ddp --num_processes $n
 done
 step "8B QLoRA $variant, DDP on 2 GPUs, searching for unused parameters (transformers' default for a peft model)"
-extra="--ddp_find_unused_parameters true" timed row8b "DDP 2 find-unused" launch --config_file $ddp --num_processes 2
+extra="--ddp_find_unused_parameters true" timed row8b "DDP 2 find-unused" $launch --config_file $ddp --num_processes 2
 step "8B QLoRA $variant, FSDP on 2 GPUs"
-timed row8b "FSDP 2" launch --config_file $fsdp --num_processes 2
+timed row8b "FSDP 2" $launch --config_file $fsdp --num_processes 2
+fi
 
+[ "${PARTS:-8b smollm2}" = 8b ] && { step DONE; exit; }
 runs=$out/runs
 per_device=$(sed -n 's/^per_device_train_batch_size: *//p' finetune/configs/embedded-gpu.yaml)
 step "SmolLM2 embedded-gpu on 2 GPUs, per-device batch $((per_device / 2)) (effective $per_device), and on 1 GPU"
