@@ -128,8 +128,8 @@ VARIANTS: dict[str, Variant] = {
 
 def build_random_model(folder: Path) -> None:
     """Random bf16 weights of the 8B shape, written once so that 4-bit loading goes through from_pretrained."""
-    if (folder / "model.safetensors.index.json").exists():
-        return
+    if (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+        return  # one shard or several: transformers 5 writes 16 GB as one file (max_shard_size 50GB)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: 16 GB on the card, not 32 + 16
     try:
