@@ -22,8 +22,8 @@ timed() { local start=$SECONDS; "$@"; local rc=$?; echo "$((SECONDS - start)) s,
 row8b() {  # LABEL LAUNCHER... (what runs bench/scaleout_train.py; $extra: more `finetune train` flags)
   local label=$1 log="$out/train-8b-${1// /-}.log"; shift
   # shellcheck disable=SC2086  # $extra is a list of flags
-  "$@" bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" --variant "$variant" --steps "$steps" --skip "$skip" --label "$label" \
-    --out "$out/train-8b.jsonl" ${extra:-} > "$log" 2>&1
+  "$@" bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" --variant "$variant" --steps "$steps" \
+    --skip "$skip" --label "$label" --out "$out/train-8b.jsonl" ${extra:-} > "$log" 2>&1
   grep -h RESULT "$log" || tail -5 "$log"
 }
 launch="python3 -m accelerate.commands.launch --main_process_port 0"
@@ -52,8 +52,8 @@ fi
 runs=$out/runs
 per_device=$(sed -n 's/^per_device_train_batch_size: *//p' finetune/configs/embedded-gpu.yaml)
 step "SmolLM2 embedded-gpu on 2 GPUs, per-device batch $((per_device / 2)) (effective $per_device), and on 1 GPU"
-CUDA_VISIBLE_DEVICES=0,1 timed python3 -m finetune.cli train embedded-gpu --num-processes 2 --output_dir "$runs/smollm2-2gpu" \
-  --per_device_train_batch_size $((per_device / 2)) > "$out/smollm2-2gpu.log" 2>&1 &
+CUDA_VISIBLE_DEVICES=0,1 timed python3 -m finetune.cli train embedded-gpu --num-processes 2 \
+  --output_dir "$runs/smollm2-2gpu" --per_device_train_batch_size $((per_device / 2)) > "$out/smollm2-2gpu.log" 2>&1 &
 CUDA_VISIBLE_DEVICES=2 timed python3 -m finetune.cli train embedded-gpu --output_dir "$runs/smollm2-1gpu" \
   > "$out/smollm2-1gpu.log" 2>&1
 wait
