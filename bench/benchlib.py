@@ -269,27 +269,43 @@ KERNEL_KINDS = (
 )
 
 
-class Profiler(TrainerCallback):
-    """torch.profiler over the steps after `after_step` (left out of the timing): GPU time by kind of kernel,
-    the top kernels, and how much of the wall time the GPU had nothing to run."""
+class ProfileWindow(TrainerCallback):
+    """torch.profiler from the end of step `after_step` to the end of training, so that the first steps'
+    one-off work (and the steps a bench times) stay out of it."""
 
-    def __init__(self, after_step: int, path: Path) -> None:
-        self.after_step, self.path = after_step, path
+    def __init__(self, after_step: int, activity: torch.profiler.ProfilerActivity) -> None:
+        self.after_step, self.activity = after_step, activity
         self.prof: torch.profiler.profile | None = None
         self.t0 = 0.0
+        self.wall_s = 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.after_step:
-            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+            self.prof = torch.profiler.profile(activities=[self.activity])
             self.prof.start()
             self.t0 = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.prof is None:
             return
-        torch.cuda.synchronize()
-        wall_us = (time.perf_counter() - self.t0) * 1e6
+        if self.activity == torch.profiler.ProfilerActivity.CUDA:
+            torch.cuda.synchronize()
+        self.wall_s = time.perf_counter() - self.t0
         self.prof.stop()
+
+
+class Profiler(ProfileWindow):
+    """GPU time by kind of kernel, the top kernels, and how much of the wall time the GPU had nothing to run."""
+
+    def __init__(self, after_step: int, path: Path) -> None:
+        super().__init__(after_step, torch.profiler.ProfilerActivity.CUDA)
+        self.path = path
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        if self.prof is None:
+            return
+        wall_us = self.wall_s * 1e6
         by_name: dict[str, float] = {}
         for e in self.prof.events():
             if e.device_type == torch.autograd.DeviceType.CUDA:

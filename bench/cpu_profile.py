@@ -7,10 +7,9 @@ multiplications apart from everything else.
 
 import argparse
 import tempfile
-import time
 
+import benchlib
 import torch
-from transformers import TrainerCallback
 
 from finetune.config import parse_train_args
 from finetune.train import build_trainer
@@ -18,26 +17,6 @@ from finetune.train import build_trainer
 PRESET = "embedded-cpu-quick"
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
            "aten::_scaled_dot_product_flash_attention_for_cpu_backward")  # fmt: skip
-
-
-class StepProfiler(TrainerCallback):
-    """Profiles from the end of step `skip` to the end of training, so the first step's one-off work stays out."""
-
-    def __init__(self, skip: int) -> None:
-        self.skip = skip
-        self.prof: torch.profiler.profile | None = None
-        self.t0 = 0.0
-        self.wall = 0.0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.skip:
-            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            self.prof.start()
-            self.t0 = time.perf_counter()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.wall = time.perf_counter() - self.t0
-        self.prof.stop()
 
 
 def main() -> None:
@@ -49,7 +28,7 @@ def main() -> None:
         "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--disable_tqdm", "true"])  # fmt: skip
     trainer = build_trainer(task_args, sft, model_args)
-    profiler = StepProfiler(args.skip)
+    profiler = benchlib.ProfileWindow(args.skip, torch.profiler.ProfilerActivity.CPU)
     trainer.add_callback(profiler)
     trainer.train()
     ops = sorted(profiler.prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
@@ -57,7 +36,7 @@ def main() -> None:
     matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMULS) / 1e6
     steps = args.steps - args.skip
     print(f"{torch.get_num_threads()} threads, {steps} steps of {sft.per_device_train_batch_size} rows profiled: "
-          f"{profiler.wall:.1f} s wall, {profiler.wall / steps:.2f} s a step")  # fmt: skip
+          f"{profiler.wall_s:.1f} s wall, {profiler.wall_s / steps:.2f} s a step")  # fmt: skip
     rest = total - matmul
     print(f"operators' own CPU time {total:.1f} s: matrix multiplications and attention {matmul:.1f} s "
           f"({100 * matmul / total:.0f}%), everything else {rest:.1f} s ({100 * rest / total:.0f}%)")  # fmt: skip
