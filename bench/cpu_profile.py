@@ -2,7 +2,10 @@
 `embedded-cpu-quick` preset (the demo's; no validation, nothing saved), each operator's own CPU time, matrix
 multiplications apart from everything else.
 
-    python bench/cpu_profile.py [--steps 4] [--skip 1]
+    python bench/cpu_profile.py [--steps 4] [--skip 1] [--KEY VALUE ...]
+
+Any other `--KEY VALUE` is a `finetune train` argument on top of the preset, e.g. `--lora_target_modules
+'model\\.layers\\.2\\d\\..*_proj'` (LoRA on the top 10 of the 30 layers only, so the backward pass stops there).
 """
 
 import argparse
@@ -23,10 +26,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps in all")
     parser.add_argument("--skip", type=int, default=1, help="first steps left out of the profile")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
     task_args, sft, model_args = parse_train_args([PRESET, "--output_dir", tempfile.mkdtemp(prefix="profile-"),
         "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
-        "--load_best_model_at_end", "false", "--disable_tqdm", "true"])  # fmt: skip
+        "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra])  # fmt: skip
     trainer = build_trainer(task_args, sft, model_args)
     profiler = benchlib.ProfileWindow(args.skip, torch.profiler.ProfilerActivity.CPU)
     trainer.add_callback(profiler)
