@@ -1,0 +1,64 @@
+"""Where a training step goes: torch.profiler over a few optimizer steps of a preset (no validation, nothing
+saved). On a GPU: kernel time by kind and how long the GPU sat idle (bench/benchlib.Profiler, the table of
+docs/benchmarks.md case 1); on a CPU: each operator's own CPU time, matrix multiplications apart.
+
+    python bench/profile_step.py [PRESET] [--steps 4] [--skip 1] [--out DIR] [--KEY VALUE ...]
+
+PRESET defaults to `embedded-cpu-quick` (the demo's). Any other `--KEY VALUE` is a `finetune train` argument on top
+of it, e.g. `--lora_target_modules 'model\\.layers\\.2\\d\\..*_proj'` (LoRA on the top 10 of the 30 layers only,
+so the backward pass stops there), or case 3's `fast-b64` on a GPU: `embedded-gpu --per_device_train_batch_size 64
+--lora_dropout 0 --use_liger_kernel true --train_sampling_strategy group_by_length`.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import benchlib
+import torch
+
+from finetune.config import parse_train_args
+from finetune.train import build_trainer
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward")  # fmt: skip
+
+
+def print_cpu_operators(window: benchlib.ProfileWindow, steps: int, rows: int) -> None:
+    ops = sorted(window.prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) / 1e6
+    matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMULS) / 1e6
+    print(f"{torch.get_num_threads()} threads, {steps} steps of {rows} rows profiled: "
+          f"{window.wall_s:.1f} s wall, {window.wall_s / steps:.2f} s a step")  # fmt: skip
+    rest = total - matmul
+    print(f"operators' own CPU time {total:.1f} s: matrix multiplications and attention {matmul:.1f} s "
+          f"({100 * matmul / total:.0f}%), everything else {rest:.1f} s ({100 * rest / total:.0f}%)")  # fmt: skip
+    print("\n| operator | own CPU s | share | calls |\n|---|---|---|---|")
+    for e in ops[:15]:
+        own = e.self_cpu_time_total / 1e6
+        print(f"| `{e.key}` | {own:.2f} | {100 * own / total:.1f}% | {e.count} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", nargs="?", default="embedded-cpu-quick", help="preset name or YAML config")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps in all")
+    parser.add_argument("--skip", type=int, default=1, help="first steps left out of the profile")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the GPU profile's text file")
+    args, extra = parser.parse_known_args()
+    task_args, sft, model_args = parse_train_args([args.preset, "--output_dir", tempfile.mkdtemp(prefix="profile-"),
+        "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
+        "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra])  # fmt: skip
+    trainer = build_trainer(task_args, sft, model_args)
+    on_gpu = torch.cuda.is_available() and not sft.use_cpu
+    name = Path(args.preset).stem
+    window = (benchlib.Profiler(args.skip, args.out / f"profile-{name}.txt") if on_gpu
+              else benchlib.ProfileWindow(args.skip, torch.profiler.ProfilerActivity.CPU))  # fmt: skip
+    trainer.add_callback(window)
+    trainer.train()
+    if not on_gpu:
+        print_cpu_operators(window, args.steps - args.skip, sft.per_device_train_batch_size)
+
+
+if __name__ == "__main__":
+    main()
