@@ -12,6 +12,8 @@
 #   TOKENIZER_DIR: a tokenizer for the 8B shape (SmolLM2's: `finetune model-path embedded`)
 #   MODEL_DIR: the 8B-shaped random model, written there if absent (16 GB)
 #   STEPS, SKIP: optimizer steps per 8B row, and how many first ones the steady state leaves out (20, 5)
+#   PARTS: "8b", "smollm2" or both (the default); ROWS: which 8B rows, in order, repeats allowed
+#   (default "1 launcher 2 4 find-unused fsdp"; e.g. "1 2 4 1" measures the lone card before and after DDP)
 # (`python3 -m accelerate.commands.launch` is `accelerate launch`, whether or not that script is on the PATH.)
 set -uo pipefail
 out=$(realpath -m "$1") tok=$2 model=$3 variant=${4:-b64} steps=${5:-20} skip=${6:-5}
@@ -20,12 +22,13 @@ mkdir -p "$out"
 step() { echo "=== $(date -u +%H:%M:%S) $*" | tee -a "$out/steps.log"; }
 timed() { local start=$SECONDS; "$@"; local rc=$?; echo "$((SECONDS - start)) s, exit $rc" | tee -a "$out/steps.log"; }
 row8b() {  # LABEL LAUNCHER... (what runs bench/scaleout_train.py; $extra: more `finetune train` flags)
-  local label=$1 log="$out/train-8b-${1// /-}.log"; shift
+  local label=$1 log="$out/train-8b-$((++rows))-${1// /-}.log"; shift
   # shellcheck disable=SC2086  # $extra is a list of flags
   "$@" bench/scaleout_train.py --model-dir "$model" --tokenizer "$tok" --variant "$variant" --steps "$steps" \
     --skip "$skip" --label "$label" --out "$out/train-8b.jsonl" ${extra:-} > "$log" 2>&1
   grep -h RESULT "$log" || tail -5 "$log"
 }
+rows=0
 launch="python3 -m accelerate.commands.launch --main_process_port 0"
 ddp=finetune/accelerate/ddp.yaml fsdp=finetune/accelerate/fsdp_qlora.yaml
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
@@ -33,19 +36,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 if [ "${PARTS:-8b smollm2}" != smollm2 ]; then
 step "8B shape: random model"
 CUDA_VISIBLE_DEVICES=0 timed python3 bench/train_throughput.py --build-only --model-dir "$model" > "$out/build.log" 2>&1
-step "8B QLoRA $variant, 1 GPU, a plain process"
-CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU" python3
-step "8B QLoRA $variant, 1 GPU, under accelerate's launcher"
-CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU launcher" $launch --num_processes 1 --num_machines 1 --mixed_precision no \
-  --dynamo_backend no
-for n in 2 4; do
-  step "8B QLoRA $variant, DDP on $n GPUs"
-  timed row8b "DDP $n" $launch --config_file $ddp --num_processes $n
+for row in ${ROWS:-1 launcher 2 4 find-unused fsdp}; do
+  case $row in
+    1) step "8B QLoRA $variant, 1 GPU, a plain process"
+       CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU" python3 ;;
+    launcher) step "8B QLoRA $variant, 1 GPU, under accelerate's launcher"
+       CUDA_VISIBLE_DEVICES=0 timed row8b "1 GPU launcher" $launch --num_processes 1 --num_machines 1 \
+         --mixed_precision no --dynamo_backend no ;;
+    2 | 4) step "8B QLoRA $variant, DDP on $row GPUs"
+       timed row8b "DDP $row" $launch --config_file $ddp --num_processes "$row" ;;
+    find-unused) step "8B QLoRA $variant, DDP on 2 GPUs, searching for unused parameters (transformers' default for a peft model)"
+       extra="--ddp_find_unused_parameters true" timed row8b "DDP 2 find-unused" $launch --config_file $ddp --num_processes 2 ;;
+    fsdp) step "8B QLoRA $variant, FSDP on 2 GPUs"
+       timed row8b "FSDP 2" $launch --config_file $fsdp --num_processes 2 ;;
+    *) echo "unknown row: $row" >&2; exit 2 ;;
+  esac
 done
-step "8B QLoRA $variant, DDP on 2 GPUs, searching for unused parameters (transformers' default for a peft model)"
-extra="--ddp_find_unused_parameters true" timed row8b "DDP 2 find-unused" $launch --config_file $ddp --num_processes 2
-step "8B QLoRA $variant, FSDP on 2 GPUs"
-timed row8b "FSDP 2" $launch --config_file $fsdp --num_processes 2
 fi
 
 [ "${PARTS:-8b smollm2}" = 8b ] && { step DONE; exit; }

@@ -58,6 +58,7 @@ def main() -> None:
         "examples_per_s": sum(r["examples_per_s"] for r in ranks),
         "e2e_tokens_per_s": sum(r["e2e_tokens_per_s"] for r in ranks),
         "peak_gib_per_card": [round(r["peak_gib"], 2) for r in ranks],
+        "padding_per_card": [round(r["padding_share"], 3) for r in ranks],
         "mfu_per_card": sum(r["mfu"] for r in ranks) / len(ranks),
         "cpu_threads_per_process": torch.get_num_threads(),
         "environment": benchlib.environment(),

@@ -92,6 +92,13 @@ VARIANTS: dict[str, Variant] = {
     "fast-random": Variant(
         SEED_PRESET, (*fast(128), "--train_sampling_strategy", "random"), 14, 4, "fast without length grouping"
     ),
+    "fast-rebalance": Variant(
+        SEED_PRESET,
+        (*fast(128), "--train_sampling_strategy", "batch_rebalance"),
+        14,
+        4,
+        "fast with transformers' batch_rebalance sampler (each step's rows split across processes by padded cost)",
+    ),
     "fast-noliger": Variant(SEED_PRESET, (*fast(128), "--use_liger_kernel", "false"), 14, 4, "fast without Liger"),
     "fast-dropout": Variant(SEED_PRESET, (*fast(128), "--lora_dropout", "0.1"), 14, 4, "fast with dropout 0.1"),
     "fast-padfree": Variant(

@@ -8,8 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from transformers import AutoConfig
+from peft import get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+from trl import get_peft_config
 
+from finetune.config import parse_train_args
+from finetune.demo import DEMO_PRESET
 from finetune.evaluate import evaluate
 from finetune.model import CACHE_ENV, EMBEDDED_UPSTREAM, base_config, resolve_model
 
@@ -52,3 +56,11 @@ def test_an_adapter_trained_on_embedded_names_the_upstream_hub_id(embedded: str,
                          "4", "--eval_steps", "1", "--save_steps", "1")  # fmt: skip
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == EMBEDDED_UPSTREAM
     assert json.loads((adapter / "model_args.json").read_text())["model_name_or_path"] == "embedded"
+
+
+def test_the_demo_preset_adapts_every_linear_layer_of_the_top_ten_blocks_only(embedded: str, tmp_path: Path) -> None:
+    _, _, model_args = parse_train_args([DEMO_PRESET, "--output_dir", str(tmp_path)])
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(embedded), get_peft_config(model_args))
+    adapted = [name for name, _ in model.named_modules() if name.endswith(".lora_A.default")]
+    blocks = {int(name.split(".layers.")[1].split(".")[0]) for name in adapted}
+    assert blocks == set(range(20, 30)) and len(adapted) == 10 * 7  # q k v o gate up down
