@@ -48,6 +48,13 @@ class TaskArguments:
         default=None,
         metadata={"help": "keep only rows whose `confidence` (as `finetune predict` writes it) is at least this"},
     )
+    validation_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the validation loss at each evaluation too (the validation macro-F1 picks the "
+            "checkpoint; off in the CPU demo, where the loss pass costs more than the macro-F1)"
+        },
+    )
     skip_bad_rows: bool = field(
         default=False,
         metadata={"help": "leave out unusable rows of the files (counted in data_report.json) instead of stopping"},

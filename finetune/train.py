@@ -49,9 +49,10 @@ class BenchmarkSFTTrainer(SFTTrainer):
     and picks the best checkpoint: `compute_metrics` sees only the gold answer's logits (which trl's fused LM head
     does not even build), and a callback's `on_evaluate` runs after the log."""
 
-    def __init__(self, *args, validation_docs: list[dict], **kwargs) -> None:
+    def __init__(self, *args, validation_docs: list[dict], validation_loss: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.validation_docs = validation_docs
+        self.validation_loss = validation_loss
         self.scoring_task = load_task(PREDICT_TASK)
         self._lm: HFLM | None = None
 
@@ -76,8 +77,15 @@ class BenchmarkSFTTrainer(SFTTrainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> EvalLoopOutput:
+        scored = metric_key_prefix == "eval" and self.validation_docs
+        if scored and not self.validation_loss:
+            self.model.eval()  # as the loss pass would (dropout off); the next training step switches it back
+            metrics = {f"{metric_key_prefix}_macro_f1": self.validation_macro_f1()}
+            return EvalLoopOutput(
+                predictions=None, label_ids=None, metrics=metrics, num_samples=len(self.validation_docs)
+            )
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if metric_key_prefix == "eval" and self.validation_docs:
+        if scored:
             output.metrics[f"{metric_key_prefix}_macro_f1"] = self.validation_macro_f1()
         return output
 
@@ -143,6 +151,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         validation_docs=validation,
+        validation_loss=task_args.validation_loss,
     )
     for config in trainer.model.peft_config.values():
         config.base_model_name_or_path = hub_name(model_args.model_name_or_path)

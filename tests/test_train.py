@@ -80,6 +80,19 @@ def test_the_saved_adapter_is_the_checkpoint_with_the_best_validation_macro_f1(t
     assert all(torch.equal(saved[k], kept[k]) for k in saved)
 
 
+def test_without_validation_loss_the_checkpoints_are_still_picked_by_validation_macro_f1(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, train_tiny, tmp_path: Path
+) -> None:
+    adapter = train_tiny(tiny_model_dir, tmp_path / "run", "--validation_loss", "false")
+    state = json.loads((adapter / "checkpoint-6" / "trainer_state.json").read_text())
+    evals = [row for row in state["log_history"] if "eval_macro_f1" in row]
+    assert [row["step"] for row in evals] == [3, 6] and not any("eval_loss" in row for row in evals)
+    with_loss = json.loads((tiny_adapter_dir / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    assert [row["eval_macro_f1"] for row in evals] == [row["eval_macro_f1"] for row in with_loss if "eval_loss" in row]
+    best = max(evals, key=lambda row: row["eval_macro_f1"])  # max keeps the first of a tie, as the Trainer does
+    assert Path(state["best_model_checkpoint"]).name == f"checkpoint-{best['step']}"
+
+
 def test_validation_macro_f1_is_the_benchmarks_multiple_choice_answer_on_the_validation_rows(
     tiny_adapter_dir: Path, tiny_model_dir: Path, label_logliks
 ) -> None:
