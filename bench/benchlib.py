@@ -260,6 +260,7 @@ def free_after_error() -> None:
 
 # Kernel-name fragments, first match wins: where the GPU time of a training step goes.
 KERNEL_KINDS = (
+    ("communication (NCCL, another stream)", ("nccl",)),
     ("4-bit dequantize (bitsandbytes)", ("dequant", "kgemm_4bit", "kquantize")),
     ("attention", ("fmha", "flash", "attention", "efficient_attention", "cutlass::kernel<pytorchmemeff")),
     ("matmul (cuBLAS/CUTLASS)", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "cublas", "splitk", "matmul")),

@@ -4,9 +4,13 @@ docs/benchmarks.md case 1); on a CPU: each operator's own CPU time, matrix multi
 
     python bench/profile_step.py [PRESET] [--steps 4] [--skip 1] [--out DIR] [--KEY VALUE ...]
 
+Under `accelerate launch` (DDP) each process profiles its own card into its own file (`-rankN`), e.g. the 8B
+shape on 4 GPUs: `accelerate launch --config_file finetune/accelerate/ddp.yaml --num_processes 4
+bench/profile_step.py llama-3.1-8b-qlora-h100 --model_name_or_path MODEL_DIR --steps 14 --skip 10 --out OUT`.
+
 PRESET defaults to `embedded-cpu-quick` (the demo's). Any other `--KEY VALUE` is a `finetune train` argument on top
-of it, e.g. `--lora_target_modules 'model\\.layers\\.2\\d\\..*_proj'` (LoRA on the top 10 of the 30 layers only,
-so the backward pass stops there), or case 3's `fast-b64` on a GPU: `embedded-gpu --per_device_train_batch_size 64
+of it, e.g. `--lora_target_modules all-linear` (LoRA on all 30 blocks, where the demo's preset adapts the top 10
+so that the backward pass stops there), or case 3's `fast-b64` on a GPU: `embedded-gpu --per_device_train_batch_size 64
 --lora_dropout 0 --use_liger_kernel true --train_sampling_strategy group_by_length`.
 """
 
@@ -51,7 +55,7 @@ def main() -> None:
         "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra])  # fmt: skip
     trainer = build_trainer(task_args, sft, model_args)
     on_gpu = torch.cuda.is_available() and not sft.use_cpu
-    name = Path(args.preset).stem
+    name = Path(args.preset).stem + (f"-rank{sft.process_index}" if sft.world_size > 1 else "")
     window = (benchlib.Profiler(args.skip, args.out / f"profile-{name}.txt") if on_gpu
               else benchlib.ProfileWindow(args.skip, torch.profiler.ProfilerActivity.CPU))  # fmt: skip
     trainer.add_callback(window)
