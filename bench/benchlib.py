@@ -304,31 +304,36 @@ class Profiler(ProfileWindow):
 
     def on_train_end(self, args, state, control, **kwargs):
         super().on_train_end(args, state, control, **kwargs)
-        if self.prof is None:
-            return
-        wall_us = self.wall_s * 1e6
-        by_name: dict[str, float] = {}
-        for e in self.prof.events():
-            if e.device_type == torch.autograd.DeviceType.CUDA:
-                by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us()
-        busy = sum(by_name.values())
-        kinds: dict[str, float] = {}
-        for name, us in by_name.items():
-            kind = next((k for k, frags in KERNEL_KINDS if any(f in name.lower() for f in frags)), "other")
-            kinds[kind] = kinds.get(kind, 0.0) + us
-        lines = [
-            f"profiled wall {wall_us / 1e3:.0f} ms, GPU kernels {busy / 1e3:.0f} ms "
-            f"({100 * busy / wall_us:.0f}% busy; kernels of all streams summed)",
-            "",
-            "| kind | ms | share of kernel time |",
-            "|---|---|---|",
-        ]
-        for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
-            lines.append(f"| {kind} | {us / 1e3:.0f} | {100 * us / busy:.0f}% |")
-        lines += ["", "top kernels:"]
-        for name, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:25]:
-            lines.append(f"{us / 1e3:9.1f} ms  {name[:150]}")
-        text = "\n".join(lines)
-        print("PROFILE " + self.path.name + "\n" + text, flush=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(text + "\n")
+        if self.prof is not None:
+            write_kernel_summary(self.prof, self.wall_s, self.path)
+
+
+def write_kernel_summary(prof: torch.profiler.profile, wall_s: float, path: Path) -> None:
+    """GPU kernel time by kind and the top kernels against the wall time of the profiled window; printed and
+    written to `path`."""
+    wall_us = wall_s * 1e6
+    by_name: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us()
+    busy = sum(by_name.values())
+    kinds: dict[str, float] = {}
+    for name, us in by_name.items():
+        kind = next((k for k, frags in KERNEL_KINDS if any(f in name.lower() for f in frags)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + us
+    lines = [
+        f"profiled wall {wall_us / 1e3:.0f} ms, GPU kernels {busy / 1e3:.0f} ms "
+        f"({100 * busy / wall_us:.0f}% busy; kernels of all streams summed)",
+        "",
+        "| kind | ms | share of kernel time |",
+        "|---|---|---|",
+    ]
+    for kind, us in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {kind} | {us / 1e3:.0f} | {100 * us / max(busy, 1e-9):.0f}% |")
+    lines += ["", "top kernels:"]
+    for name, us in sorted(by_name.items(), key=lambda kv: -kv[1])[:25]:
+        lines.append(f"{us / 1e3:9.1f} ms  {name[:150]}")
+    text = "\n".join(lines)
+    print("PROFILE " + path.name + "\n" + text, flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")

@@ -4,7 +4,8 @@ test rows and the whole 3,534-row test split, base and base + adapter, for each 
     python bench/eval_speed.py --adapter runs/embedded-gpu --full-data DIR \
         --settings float32:16 bfloat16:256 bfloat16:256:merged
 
-`float32:16` is what `finetune evaluate` does by default. `merged` folds the adapter into the base weights
+`float32:16` is what `finetune evaluate` does by default. `--profile` (on a GPU) writes each variant's GPU kernel
+time by kind into --out (bench/benchlib.write_kernel_summary). `merged` folds the adapter into the base weights
 (peft's `merge_and_unload`) before scoring it, so no LoRA matmuls run. DIR holds the source's `test.jsonl`
 (mteb layout); without --full-data the `_full` variants read `$TWEET_SENTIMENT_DATA_DIR`, else the Hub.
 """
@@ -13,6 +14,7 @@ import argparse
 import os
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,17 +52,24 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None) -> dict:
-    """One variant through lm-eval's evaluator; the seconds include lm-eval building the task."""
+def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None, profile: Path | None = None) -> dict:
+    """One variant through lm-eval's evaluator; the seconds include lm-eval building the task. For a generative
+        variant, also how many tokens the answers took, and the share that ran to `max_gen_toks` without ending:
+    decoding runs until every answer of a batch has ended, so one such answer makes its whole batch run to the cap."""
     sync()
-    start = time.perf_counter()
-    out = simple_evaluate(
-        model=lm, tasks=[task], task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=False
-    )
-    sync()
-    seconds = time.perf_counter() - start
+    with (
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) if profile else nullcontext() as prof
+    ):
+        start = time.perf_counter()
+        out = simple_evaluate(
+            model=lm, tasks=[task], task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=True
+        )
+        sync()
+        seconds = time.perf_counter() - start
+    if profile:
+        benchlib.write_kernel_summary(prof, seconds, profile)
     values = out["results"][task]
-    return {
+    row = {
         "task": task,
         "seconds": seconds,
         "n": int(out["n-samples"][task]["effective"]),
@@ -68,6 +77,12 @@ def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None) -
         "macro_f1": values["macro_f1,none"],
         "invalid": values["invalid,none"],
     }
+    if task.startswith("tweet_sentiment_gen"):
+        lengths = [len(lm.tok_encode(s["resps"][0][0])) for s in out["samples"][task]]
+        cap = out["configs"][task]["generation_kwargs"]["max_gen_toks"]
+        row["answer_tokens"] = sum(lengths) / len(lengths)
+        row["unended"] = sum(n >= cap for n in lengths) / len(lengths)
+    return row
 
 
 def run_setting(
@@ -77,6 +92,7 @@ def run_setting(
     tasks: list[str],
     manager: TaskManager,
     limit: int | None = None,
+    profile_dir: Path | None = None,
 ) -> list:
     """Every task for the base, then for base + adapter, with one model per setting loaded as
     `finetune evaluate` loads it (on the GPU where there is one)."""
@@ -91,9 +107,11 @@ def run_setting(
             model = model.merge_and_unload()
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
         for task in tasks:
+            name = state if not setting.merged or state == BASE_NAME else "merged"
+            profile = profile_dir / f"profile-{setting}-{name}-{task}.txt".replace(":", "-") if profile_dir else None
             with active(model, state):
-                row = score(lm, manager, task, limit)
-            row.update(setting=str(setting), model=state if not setting.merged or state == BASE_NAME else "merged")
+                row = score(lm, manager, task, limit, profile)
+            row.update(setting=str(setting), model=name)
             rows.append(row)
             print("RESULT", row, flush=True)
     del lm, model
@@ -111,6 +129,7 @@ def main() -> None:
     parser.add_argument("--full-data", type=Path, help="folder with the source's test.jsonl (mteb layout)")
     parser.add_argument("--limit", type=int, help="score only the first N rows of each variant (a smoke test)")
     parser.add_argument("--out", type=Path, help="folder for the results JSON")
+    parser.add_argument("--profile", action="store_true", help="GPU kernels of each variant (torch.profiler), in --out")
     args = parser.parse_args()
     if args.full_data:
         os.environ["TWEET_SENTIMENT_DATA_DIR"] = str(args.full_data)
@@ -120,13 +139,17 @@ def main() -> None:
     rows = []
     for setting in args.settings:
         try:
-            rows += run_setting(setting, args.base, args.adapter, args.tasks, manager, args.limit)
+            profile_dir = args.out if args.profile and torch.cuda.is_available() else None
+            rows += run_setting(setting, args.base, args.adapter, args.tasks, manager, args.limit, profile_dir)
         except Exception:  # noqa: BLE001 - one setting failing must not lose the others' numbers
             traceback.print_exc()
-    print("\n| setting | model | task | rows | seconds | rows/s | acc | macro-F1 | invalid |\n" + "|---" * 9 + "|")
+    header = "| setting | model | task | rows | seconds | rows/s | acc | macro-F1 | invalid | answer tokens | unended |"
+    print("\n" + header + "\n" + "|---" * 11 + "|")
     for r in rows:
+        tokens = f"{r['answer_tokens']:.2f} | {100 * r['unended']:.0f}%" if "answer_tokens" in r else " |"
         print(f"| {r['setting']} | {r['model']} | {r['task']} | {r['n']} | {r['seconds']:.2f} | "
-              f"{r['n'] / r['seconds']:.0f} | {r['acc']:.3f} | {r['macro_f1']:.3f} | {r['invalid']:.3f} |")  # fmt: skip
+              f"{r['n'] / r['seconds']:.0f} | {r['acc']:.3f} | {r['macro_f1']:.3f} | {r['invalid']:.3f} | "
+              f"{tokens} |")  # fmt: skip
     if args.out:
         benchlib.write_json(args.out / "eval-speed.json", rows, env)
 
