@@ -14,6 +14,8 @@
 #   STEPS, SKIP: optimizer steps per 8B row, and how many first ones the steady state leaves out (20, 5)
 #   PARTS: "8b", "smollm2" or both (the default); ROWS: which 8B rows, in order, repeats allowed
 #   (default "1 launcher 2 4 find-unused fsdp"; e.g. "1 2 4 1" measures the lone card before and after DDP)
+#   extra: more `finetune train` flags for every 8B row, e.g. "--task tweet_sentiment_gen_trainfull" (26,680 rows,
+#   from $TWEET_SENTIMENT_DATA_DIR or the Hub) instead of the pinned 3,200
 # (`python3 -m accelerate.commands.launch` is `accelerate launch`, whether or not that script is on the PATH.)
 set -uo pipefail
 out=$(realpath -m "$1") tok=$2 model=$3 variant=${4:-b64} steps=${5:-20} skip=${6:-5}
@@ -46,7 +48,7 @@ for row in ${ROWS:-1 launcher 2 4 find-unused fsdp}; do
     2 | 4) step "8B QLoRA $variant, DDP on $row GPUs"
        timed row8b "DDP $row" $launch --config_file $ddp --num_processes "$row" ;;
     find-unused) step "8B QLoRA $variant, DDP on 2 GPUs, searching for unused parameters (transformers' default for a peft model)"
-       extra="--ddp_find_unused_parameters true" timed row8b "DDP 2 find-unused" $launch --config_file $ddp --num_processes 2 ;;
+       extra="${extra:-} --ddp_find_unused_parameters true" timed row8b "DDP 2 find-unused" $launch --config_file $ddp --num_processes 2 ;;
     fsdp) step "8B QLoRA $variant, FSDP on 2 GPUs"
        timed row8b "FSDP 2" $launch --config_file $fsdp --num_processes 2 ;;
     *) echo "unknown row: $row" >&2; exit 2 ;;
