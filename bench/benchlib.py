@@ -217,13 +217,19 @@ def restored_modules(*modules) -> Iterator[None]:
                     setattr(module, name, value)
 
 
+def free_card() -> None:
+    """Drop what Python no longer references and hand the cached blocks back, so the next configuration in the
+    process starts from an empty card and its own peak."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
 def release(trainer) -> None:
     """Free the model, optimizer and caches so the next configuration starts from an empty card."""
     trainer.accelerator.free_memory()
     trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    free_card()
 
 
 def write_json(path: Path | None, rows: list[dict], env: dict) -> None:
@@ -250,12 +256,6 @@ def print_table(rows: list[dict], peak_tflops: float) -> None:
             f"| {100 * r['padding_share']:.0f}% |"
         )
     print(f"(MFU: {FLOP_PER_PARAM_TOKEN}N FLOP per non-padding token over {peak_tflops:.0f} TFLOP/s dense bf16)")
-
-
-def free_after_error() -> None:
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
 
 
 # Kernel-name fragments, first match wins: where the GPU time of a training step goes.

@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for the results JSON")
     parser.add_argument("--profile", action="store_true", help="GPU kernels of each variant (torch.profiler), in --out")
     args = parser.parse_args()
+    if args.profile and args.out is None:
+        parser.error("--profile writes its files into --out")
+    profile_dir = args.out if args.profile and torch.cuda.is_available() else None
     if args.full_data:
         os.environ["TWEET_SENTIMENT_DATA_DIR"] = str(args.full_data)
     manager = task_manager()
@@ -139,7 +142,6 @@ def main() -> None:
     rows = []
     for setting in args.settings:
         try:
-            profile_dir = args.out if args.profile and torch.cuda.is_available() else None
             rows += run_setting(setting, args.base, args.adapter, args.tasks, manager, args.limit, profile_dir)
         except Exception:  # noqa: BLE001 - one setting failing must not lose the others' numbers
             traceback.print_exc()

@@ -221,7 +221,7 @@ def main() -> None:
             traceback.print_exc()
             error = f"{type(err).__name__}: {str(err)[:200]}"
         if error:  # outside the except block, so the traceback's frames (and their tensors) are gone
-            benchlib.free_after_error()
+            benchlib.free_card()
         row = benchlib.as_row(name, [v.preset, *v.args], result, error)
         row["about"], row["quant"] = v.about, args.quant
         rows.append(row)
