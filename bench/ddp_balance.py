@@ -1,7 +1,9 @@
 """How evenly the training samplers share each step's work among DDP processes, on CPU, from the real rows: the
 pinned 3,200 training rows (or another task's) tokenized as the trainer tokenizes them (SmolLM2's tokenizer, which
 the 8B-shaped benchmark also uses), ordered by the samplers transformers builds (`LengthGroupedSampler`,
-`RandomSampler`, `BatchRebalanceSampler`) and dealt to the processes as accelerate deals them (`BatchSamplerShard`).
+`RandomSampler`, `BatchRebalanceSampler`) or `finetune train` builds under DDP (`balanced`: `StepBalancedSampler`,
+what `group_by_length` becomes on several processes unless `--balance_length_groups false`), and dealt to the
+processes as accelerate deals them (`BatchSamplerShard`).
 
     python bench/ddp_balance.py [--per-device 128] [--processes 1 2 4] [--steps 50] [--seed 42] [--task TASK]
 
@@ -23,8 +25,9 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSa
 from finetune.config import parse_train_args
 from finetune.data import TRAIN_TASK, load_task, training_sets
 from finetune.model import load_tokenizer
+from finetune.train import StepBalancedSampler
 
-SAMPLERS = ("group_by_length", "random", "batch_rebalance")
+SAMPLERS = ("group_by_length", "balanced", "random", "batch_rebalance")
 
 
 def token_lengths(task: str) -> list[int]:
@@ -48,11 +51,12 @@ def rank_batches(kind: str, lengths: list[int], per_device: int, processes: int,
             sampler.set_epoch(epoch)
             yield from sampler
             continue
-        sampler = (
-            LengthGroupedSampler(per_device, lengths=lengths)
-            if kind == "group_by_length"
-            else RandomSampler(lengths, generator=torch.Generator().manual_seed(seed + epoch))
-        )
+        if kind == "random":
+            sampler = RandomSampler(lengths, generator=torch.Generator().manual_seed(seed + epoch))
+        else:
+            sampler = LengthGroupedSampler(per_device, lengths=lengths)
+            if kind == "balanced" and processes > 1:
+                sampler = StepBalancedSampler(sampler, per_device, processes)
         yield from BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=False), processes, rank)
 
 

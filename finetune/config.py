@@ -55,6 +55,14 @@ class TaskArguments:
             "checkpoint; off in the CPU demo, where the loss pass costs more than the macro-F1)"
         },
     )
+    balance_length_groups: bool = field(
+        default=True,
+        metadata={
+            "help": "with train_sampling_strategy group_by_length on several processes, give every process rows "
+            "of the same lengths each step (transformers' order gives them batches of different lengths, and each "
+            "step waits for the longest)"
+        },
+    )
     skip_bad_rows: bool = field(
         default=False,
         metadata={"help": "leave out unusable rows of the files (counted in data_report.json) instead of stopping"},

@@ -9,7 +9,7 @@ from itertools import islice
 from pathlib import Path
 
 from lm_eval.models.huggingface import HFLM
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import (
     PreTrainedTokenizerBase,
     TrainerCallback,
@@ -17,6 +17,7 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
@@ -40,6 +41,42 @@ def compute_dtype(sft: SFTConfig) -> str:
     return "float32"
 
 
+def step_balanced_order(lengths: list[int], per_device: int, processes: int, mega_batch_mult: int) -> list[int]:
+    """transformers' length-grouped order over mega-batches of whole steps, each step's rows dealt one by one.
+
+    accelerate hands a step's consecutive batches to the processes in turn; with transformers' order they are
+    batches of different lengths and every process waits for the longest (on the pinned 3,200 rows that caps 4
+    GPUs at 2.96x one, `bench/ddp_balance.py`). Dealt this way, batch p of a step holds its sorted rows p, p + N,
+    p + 2N..., as long as its neighbours' batches: no sampler of transformers or accelerate orders rows so."""
+    world = per_device * processes
+    order = get_length_grouped_indices(lengths, world, mega_batch_mult=mega_batch_mult)
+    dealt = []
+    for start in range(0, len(order), world):
+        step = order[start : start + world]
+        if len(step) < world:  # the epoch's last, partial step: left as transformers orders it
+            dealt.extend(step)
+            continue
+        dealt.extend(row for process in range(processes) for row in step[process::processes])
+    return dealt
+
+
+class StepBalancedSampler(Sampler[int]):
+    """`group_by_length` for several processes: each step's rows of the same lengths on every process.
+    Its mega-batches hold as many steps as transformers' single-process ones hold batches, so a process's batch
+    spans the same share of the sorted rows and pads as much as it would alone."""
+
+    def __init__(self, grouped: LengthGroupedSampler, per_device: int, processes: int) -> None:
+        self.lengths = grouped.lengths
+        self.per_device, self.processes = per_device, processes
+        self.mega_batch_mult = max(1, min(len(self.lengths) // (grouped.batch_size * 4), 50))  # transformers' rule
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        return iter(step_balanced_order(self.lengths, self.per_device, self.processes, self.mega_batch_mult))
+
+
 class BenchmarkSFTTrainer(SFTTrainer):
     """SFTTrainer whose every evaluation also scores the validation rows as the benchmark does, 3 label
     log-likelihoods a row through lm-eval, and reports `eval_macro_f1` for `metric_for_best_model`.
@@ -49,12 +86,26 @@ class BenchmarkSFTTrainer(SFTTrainer):
     and picks the best checkpoint: `compute_metrics` sees only the gold answer's logits (which trl's fused LM head
     does not even build), and a callback's `on_evaluate` runs after the log."""
 
-    def __init__(self, *args, validation_docs: list[dict], validation_loss: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        validation_docs: list[dict],
+        validation_loss: bool = True,
+        balance_length_groups: bool = True,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.validation_docs = validation_docs
         self.validation_loss = validation_loss
+        self.balance_length_groups = balance_length_groups
         self.scoring_task = load_task(PREDICT_TASK)
         self._lm: HFLM | None = None
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
+        sampler = super()._get_train_sampler(train_dataset)
+        if self.balance_length_groups and self.args.world_size > 1 and isinstance(sampler, LengthGroupedSampler):
+            return StepBalancedSampler(sampler, self.args.train_batch_size, self.args.world_size)
+        return sampler
 
     def validation_macro_f1(self) -> float:
         """Macro-F1 of the model as it is now on the validation rows, answered as `tweet_sentiment_mc` answers."""
@@ -152,6 +203,7 @@ def build_trainer(
         peft_config=get_peft_config(model_args),
         validation_docs=validation,
         validation_loss=task_args.validation_loss,
+        balance_length_groups=task_args.balance_length_groups,
     )
     for config in trainer.model.peft_config.values():
         config.base_model_name_or_path = hub_name(model_args.model_name_or_path)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.data_loader import BatchSamplerShard
+from torch.utils.data import BatchSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import get_quantization_config
 
 from finetune import FinetuneError
@@ -18,7 +21,7 @@ from finetune.data import load_task
 from finetune.evaluate import evaluate
 from finetune.launch import split_launch_args
 from finetune.model import base_config
-from finetune.train import shard_4bit_weights
+from finetune.train import StepBalancedSampler, shard_4bit_weights, step_balanced_order
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 SPREAD_JOB = Path(__file__).parent / "spread_job.py"
@@ -33,10 +36,12 @@ def python(*command: str, env: dict | None = None) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`finetune train --num-processes 2`: the CLI runs itself again under accelerate's launcher."""
+    """`finetune train --num-processes 2`: the CLI runs itself again under accelerate's launcher; length-grouped,
+    so that each step's rows are dealt by `StepBalancedSampler`."""
     out = tmp_path_factory.mktemp("ddp") / "adapter"
     done = python("-m", "finetune.cli", "train", str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir),
-               "--output_dir", str(out), "--num-processes", "2")  # fmt: skip
+               "--output_dir", str(out), "--num-processes", "2",
+               "--train_sampling_strategy", "group_by_length")  # fmt: skip
     return out, done.stdout
 
 
@@ -125,3 +130,44 @@ def test_fsdp_qlora_packs_the_4_bit_weights_in_bf16_and_refuses_fp16() -> None:
     assert get_quantization_config(model_args).bnb_4bit_quant_storage == torch.bfloat16
     with pytest.raises(FinetuneError, match=r"FSDP \+ QLoRA trains in bf16 here, not float16: pass --bf16 true"):
         shard_4bit_weights(base_config("meta-llama/Llama-3.1-8B-Instruct", "float16", load_in_4bit=True))
+
+
+def step_cells(sampler, per_device: int, processes: int) -> list[list[int]]:
+    """Each step's padded batch sizes (rows x longest row) per process, dealt as accelerate deals the Trainer's
+    batches."""
+    shards = [BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=False), processes, rank)
+              for rank in range(processes)]  # fmt: skip
+    return [[len(b) * max(LENGTHS[i] for i in b) for b in step] for step in zip(*shards, strict=True)]
+
+
+LENGTHS = torch.randint(12, 200, (2048,), generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def test_on_one_process_the_balanced_order_is_transformers_length_grouped_order() -> None:
+    torch.manual_seed(1)
+    expected = get_length_grouped_indices(LENGTHS, 32, mega_batch_mult=8)
+    torch.manual_seed(1)
+    assert step_balanced_order(LENGTHS, 32, 1, mega_batch_mult=8) == expected
+
+
+def test_balanced_length_groups_give_every_process_batches_as_long_as_the_others_each_step() -> None:
+    """transformers' grouping hands a step's processes batches of different lengths; the balanced order does not,
+    and pads no more than one process alone would."""
+    per_device, processes = 32, 4
+    torch.manual_seed(0)
+    grouped = LengthGroupedSampler(per_device, lengths=LENGTHS)
+    balanced = StepBalancedSampler(grouped, per_device, processes)
+    assert sorted(balanced) == list(range(len(LENGTHS))), "every row once an epoch"
+
+    def balance(sampler) -> float:  # mean over slowest padded batch, as a step waits for its slowest process
+        steps = step_cells(sampler, per_device, processes)
+        return sum(map(sum, steps)) / (processes * sum(map(max, steps)))
+
+    torch.manual_seed(0)
+    assert balance(grouped) < 0.9
+    torch.manual_seed(0)
+    assert balance(balanced) > 0.99
+    torch.manual_seed(0)
+    alone = sum(map(sum, step_cells(grouped, per_device, 1)))
+    torch.manual_seed(0)
+    assert sum(map(sum, step_cells(balanced, per_device, processes))) < 1.01 * alone
