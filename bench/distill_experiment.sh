@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The experiment of docs/distillation.md, start to end, on one CUDA GPU: an LLM labels text, a student learns from it.
-#   a-gold            SmolLM2-135M + LoRA on the 3,200 pinned gold rows (preset embedded-gpu); also the teacher
+#   a-gold            SmolLM2-135M + LoRA on the 3,200 pinned gold rows (preset embedded-gpu-b32); also the teacher
 #   b-gold+teacher    3,200 gold rows + the teacher's labels of the 23,480 source train rows outside the pinned split
 #   c-gold+confident  as b, the teacher's labels kept only at a confidence chosen on the pinned validation rows
 #   d-all-gold        all 26,680 source train rows but the pinned validation ones, gold labels (the ceiling)
@@ -42,7 +42,7 @@ print(f"{len(rows)} rows")
 PY
 fi
 
-done_in "$out/a-gold" || { log "train a-gold (the teacher)"; $ft train embedded-gpu --output_dir "$out/a-gold" --overwrite true "$@" > "$out/a-gold.log" 2>&1; }
+done_in "$out/a-gold" || { log "train a-gold (the teacher)"; $ft train embedded-gpu-b32 --output_dir "$out/a-gold" --overwrite true "$@" > "$out/a-gold.log" 2>&1; }
 wanted d && ! done_in "$out/d-all-gold" && { log "train d-all-gold"; $ft train embedded-gpu-trainfull --output_dir "$out/d-all-gold" --overwrite true "$@" > "$out/d-all-gold.log" 2>&1; }
 
 student=(embedded-gpu-trainfull --task tweet_sentiment_gen --teacher_adapter "$out/a-gold" --gold_only_adapter "$out/a-gold"
