@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The "Scale-out" rows of docs/benchmarks.md, on one host with 4 GPUs, most important first; each row is written
+# The "Scale-out" rows of docs/benchmarks.md, on one host with 2 or 4 GPUs, most important first; each row is written
 # as soon as it is measured (OUT/steps.log says what ran when), so a run cut short keeps what it finished.
 #   1. 8B-shaped nf4 QLoRA, the same per-device arguments (bench/train_throughput.py's VARIANT) on 1 GPU (a plain
 #      process, then under accelerate's launcher, which runs it with one CPU thread as it runs every DDP process),
 #      2 and 4 GPUs (DDP, finetune/accelerate/ddp.yaml; on 2 also with DDP's search for unused parameters on), then
 #      FSDP + QLoRA on 2 (finetune/accelerate/fsdp_qlora.yaml)
-#   2. SmolLM2 `embedded-gpu` trained on 2 GPUs at the preset's effective batch (half the per-device batch), and
-#      at the same time on a third GPU as one process, for the macro-F1 of the two adapters
-#   3. the evaluation of base + both adapters on 4 processes and on 1 GPU: the same answers, and the times
+#   2. SmolLM2 `embedded-gpu` trained on 2 GPUs at the preset's effective batch (half the per-device batch), then
+#      on 1 GPU, for the macro-F1 of the two adapters
+#   3. the evaluation of base + both adapters on every GPU of the host and on 1 GPU: the same answers, and the times
 # Usage: bench/scaleout.sh OUT TOKENIZER_DIR MODEL_DIR [VARIANT [STEPS SKIP]]
 #   TOKENIZER_DIR: a tokenizer for the 8B shape (SmolLM2's: `finetune model-path embedded`)
 #   MODEL_DIR: the 8B-shaped random model, written there if absent (16 GB)
@@ -58,13 +58,14 @@ fi
 
 [ "${PARTS:-8b smollm2}" = 8b ] && { step DONE; exit; }
 runs=$out/runs
+gpus=$(nvidia-smi -L | wc -l)
 per_device=$(sed -n 's/^per_device_train_batch_size: *//p' finetune/configs/embedded-gpu.yaml)
-step "SmolLM2 embedded-gpu on 2 GPUs, per-device batch $((per_device / 2)) (effective $per_device), and on 1 GPU"
+step "SmolLM2 embedded-gpu on 2 GPUs, per-device batch $((per_device / 2)) (effective $per_device)"
 CUDA_VISIBLE_DEVICES=0,1 timed python3 -m finetune.cli train embedded-gpu --num-processes 2 \
-  --output_dir "$runs/smollm2-2gpu" --per_device_train_batch_size $((per_device / 2)) > "$out/smollm2-2gpu.log" 2>&1 &
-CUDA_VISIBLE_DEVICES=2 timed python3 -m finetune.cli train embedded-gpu --output_dir "$runs/smollm2-1gpu" \
+  --output_dir "$runs/smollm2-2gpu" --per_device_train_batch_size $((per_device / 2)) > "$out/smollm2-2gpu.log" 2>&1
+step "SmolLM2 embedded-gpu on 1 GPU"
+CUDA_VISIBLE_DEVICES=0 timed python3 -m finetune.cli train embedded-gpu --output_dir "$runs/smollm2-1gpu" \
   > "$out/smollm2-1gpu.log" 2>&1
-wait
 grep -h "effective batch\|train_runtime" "$out/smollm2-2gpu.log" "$out/smollm2-1gpu.log"
 evaluate() {  # NAME [--num-processes N]
   local name=$1; shift
@@ -72,19 +73,19 @@ evaluate() {  # NAME [--num-processes N]
     --batch-size 64 "$@" --out "$out/$name" > "$out/$name.log" 2>&1
   head -8 "$out/$name/report.md"
 }
-step "evaluate base + both adapters on 4 processes"
-evaluate eval-4gpu --num-processes 4
+step "evaluate base + both adapters on $gpus processes"
+evaluate eval-${gpus}gpu --num-processes "$gpus"
 step "evaluate base + both adapters on 1 GPU"
 CUDA_VISIBLE_DEVICES=0 evaluate eval-1gpu
-python3 - "$out" <<'PY'
+python3 - "$out" "$gpus" <<'PY'
 import json, sys
 from pathlib import Path
 
-out = Path(sys.argv[1])
-one, four = (json.loads((out / name / "answers.json").read_text()) for name in ("eval-1gpu", "eval-4gpu"))
+out, n = Path(sys.argv[1]), sys.argv[2]
+one, many = (json.loads((out / name / "answers.json").read_text()) for name in ("eval-1gpu", f"eval-{n}gpu"))
 rows = sum(len(pairs) for per in one.values() for pairs in per.values())
-differ = sum(a != b for m in one for v in one[m] for a, b in zip(one[m][v], four[m][v], strict=True))
-metrics = [json.loads((out / n / "metrics.json").read_text())["results"] for n in ("eval-1gpu", "eval-4gpu")]
-print(f"EVAL 4 processes vs 1 GPU: {differ} of {rows} answers differ; metrics identical: {metrics[0] == metrics[1]}")
+differ = sum(a != b for m in one for v in one[m] for a, b in zip(one[m][v], many[m][v], strict=True))
+metrics = [json.loads((out / d / "metrics.json").read_text())["results"] for d in ("eval-1gpu", f"eval-{n}gpu")]
+print(f"EVAL {n} processes vs 1 GPU: {differ} of {rows} answers differ; metrics identical: {metrics[0] == metrics[1]}")
 PY
 step DONE
