@@ -5,6 +5,7 @@ import json
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class StepBalancedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(step_balanced_order(self.lengths, self.per_device, self.processes, self.mega_batch_mult))
 
 

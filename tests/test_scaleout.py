@@ -132,15 +132,15 @@ def test_fsdp_qlora_packs_the_4_bit_weights_in_bf16_and_refuses_fp16() -> None:
         shard_4bit_weights(base_config("meta-llama/Llama-3.1-8B-Instruct", "float16", load_in_4bit=True))
 
 
+LENGTHS = torch.randint(12, 200, (2048,), generator=torch.Generator().manual_seed(0)).tolist()
+
+
 def step_cells(sampler, per_device: int, processes: int) -> list[list[int]]:
     """Each step's padded batch sizes (rows x longest row) per process, dealt as accelerate deals the Trainer's
     batches."""
     shards = [BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=False), processes, rank)
               for rank in range(processes)]  # fmt: skip
     return [[len(b) * max(LENGTHS[i] for i in b) for b in step] for step in zip(*shards, strict=True)]
-
-
-LENGTHS = torch.randint(12, 200, (2048,), generator=torch.Generator().manual_seed(0)).tolist()
 
 
 def test_on_one_process_the_balanced_order_is_transformers_length_grouped_order() -> None:
