@@ -54,7 +54,7 @@ def sync() -> None:
 
 def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None, profile: Path | None = None) -> dict:
     """One variant through lm-eval's evaluator; the seconds include lm-eval building the task. For a generative
-        variant, also how many tokens the answers took, and the share that ran to `max_gen_toks` without ending:
+    variant, also how many tokens the answers took, and the share that ran to `max_gen_toks` without ending:
     decoding runs until every answer of a batch has ended, so one such answer makes its whole batch run to the cap."""
     sync()
     with (
