@@ -1,0 +1,43 @@
+"""The uniform soup of adapters trained on one base (Wortsman et al. 2022: average fine-tunes that share a starting
+point): peft's `add_weighted_adapter` with combination "cat" and weights 1/n stacks the members' low-rank factors,
+so the soup's weight update is exactly the mean of theirs. Prints the macro-F1 of each member and of the soup on the
+pinned validation rows, scored as `finetune train` scores checkpoints, and saves the soup as an adapter folder that
+`finetune evaluate` takes.
+
+    python bench/adapter_soup.py OUT ADAPTER ADAPTER [ADAPTER ...] [--base embedded]
+"""
+
+import argparse
+
+from finetune.data import load_task
+from finetune.evaluate import adapter_names, language_model
+from finetune.model import base_config, load_model, load_tokenizer
+from finetune.predict import PREDICT_TASK, choice_logliks
+from lm_eval_tasks.tweet_sentiment.utils import macro_f1
+
+SOUP = "default"  # peft saves the adapter of this name at the folder's top, where evaluate looks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out")
+    parser.add_argument("adapters", nargs="+")
+    parser.add_argument("--base", default="embedded")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args()
+    names = adapter_names(args.adapters)
+    model_args = base_config(args.base)
+    model = load_model(model_args, names)
+    model.add_weighted_adapter(list(names), [1 / len(names)] * len(names), SOUP, combination_type="cat")
+    model.save_pretrained(args.out, selected_adapters=[SOUP])
+    lm = language_model(model, load_tokenizer(model_args), args.batch_size)
+    task, docs = load_task(PREDICT_TASK), list(load_task(PREDICT_TASK).validation_docs())
+    for name in [*names, SOUP]:
+        model.set_adapter(name)
+        logliks = choice_logliks(lm, task, docs, disable_tqdm=True)
+        f1 = macro_f1([(doc["label"], row.index(max(row))) for doc, row in zip(docs, logliks, strict=True)])
+        print(f"validation macro-F1 {f1:.4f}  {'soup -> ' + args.out if name == SOUP else name}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

