@@ -30,8 +30,8 @@ for recipe in "${recipes[@]}"; do
 done > "$out/runs.txt"
 
 log "train $(wc -l < "$out/runs.txt") runs, ${PARALLEL:-6} at a time"
-# shellcheck disable=SC2016  # expanded by the inner shell
-xargs -P "${PARALLEL:-6}" -L 1 bash -c 'name=$1; shift
+# shellcheck disable=SC2016,SC2086  # expanded, and a line split into its words, by the inner shell
+xargs -P "${PARALLEL:-6}" -d '\n' -n 1 bash -c 'set -- $1; name=$1; shift
   echo "=== $(date -u +%FT%TZ) start $name" >> "$out/steps.log"
   $ft train embedded-gpu-trainfull --eval_strategy epoch --save_strategy epoch --disable_tqdm true --overwrite true \
     --output_dir "$out/$name" "$@" > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
