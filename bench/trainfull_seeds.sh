@@ -2,7 +2,8 @@
 # docs/distillation.md's fourth sweep, on one CUDA GPU: three recipes of preset embedded-gpu-trainfull, each trained
 # with three seeds, side by side on the card (a run of SmolLM2-135M leaves most of it idle), every run validated
 # once an epoch; then one report of all runs on the pinned 300 test rows and the full 3,534, and each recipe's
-# uniform soup of its seeds (bench/adapter_soup.py) scored the same way.
+# uniform soup of its seeds (bench/adapter_soup.py) scored the same way; a table and a picture
+# (bench/trainfull_seeds_summary.py).
 #   p     the preset as it is (1 epoch, r=32, lr 7e-4)
 #   r64   --lora_r 64 --lora_alpha 128
 #   e2wd  --num_train_epochs 2 --lora_dropout 0.1 --weight_decay 0.01
@@ -53,19 +54,5 @@ log "evaluate the soups"
 $ft evaluate --base embedded "${soups[@]}" --tasks tweet_sentiment tweet_sentiment_full --batch-size 256 \
   --out "$out/soup-report" > "$out/soup-report.log" 2>&1
 
-python3 - "$out" "${names[@]}" <<'PY'
-import json, sys
-out, names = sys.argv[1], sys.argv[2:]
-tests = json.load(open(f"{out}/report/metrics.json"))["results"]
-tests |= json.load(open(f"{out}/soup-report/metrics.json"))["results"]
-print("run | best validation macro-F1 | macro-F1, pinned 300 | accuracy, full 3,534")
-for name in names:
-    log = json.load(open(f"{out}/{name}/train_log.json"))
-    best = max(x["eval_macro_f1"] for x in log if "eval_macro_f1" in x)
-    print(f"{name} | {best:.4f} | {tests[name]['tweet_sentiment_mc']['macro_f1']:.4f} | "
-          f"{tests[name]['tweet_sentiment_mc_full']['acc']:.4f}")
-for name in sorted(n for n in tests if n.startswith("soup-")):
-    print(f"{name} | (see {name}.txt) | {tests[name]['tweet_sentiment_mc']['macro_f1']:.4f} | "
-          f"{tests[name]['tweet_sentiment_mc_full']['acc']:.4f}")
-PY
+python3 "$here/trainfull_seeds_summary.py" "$out" | tee "$out/summary.txt"
 log DONE
