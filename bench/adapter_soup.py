@@ -31,7 +31,8 @@ def main() -> None:
     model.add_weighted_adapter(list(names), [1 / len(names)] * len(names), SOUP, combination_type="cat")
     model.save_pretrained(args.out, selected_adapters=[SOUP])
     lm = language_model(model, load_tokenizer(model_args), args.batch_size)
-    task, docs = load_task(PREDICT_TASK), list(load_task(PREDICT_TASK).validation_docs())
+    task = load_task(PREDICT_TASK)
+    docs = list(task.validation_docs())
     for name in [*names, SOUP]:
         model.set_adapter(name)
         logliks = choice_logliks(lm, task, docs, disable_tqdm=True)
