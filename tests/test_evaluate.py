@@ -1,6 +1,7 @@
 """`finetune evaluate`: one base, many adapters, one comparison; adapters that do not fit are refused up front."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,15 @@ def test_swapping_adapters_on_one_base_matches_loading_each_alone(
         torch.testing.assert_close(seen[name], alone[name], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(seen["first"], seen[BASE_NAME])
     assert not torch.allclose(seen["first"], seen["second"])
+
+
+def test_an_adapter_folder_with_dots_in_its_name_is_scored(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    dotted = shutil.copytree(tiny_adapter_dir, tmp_path / "llama-3.1-8b-qlora")
+    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(dotted)], tasks=("tweet_sentiment_mc",), limit=4)
+    assert evaluation.adapters == {"llama-3_1-8b-qlora": str(dotted)}
+    assert len(evaluation.pairs["llama-3_1-8b-qlora"]["tweet_sentiment_mc"]) == 4
 
 
 def test_base_is_loaded_once_for_a_comparison_of_two_adapters(
