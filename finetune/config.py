@@ -75,8 +75,13 @@ class DistillArguments:
     LoRA that the config describes, trained on its gold rows (the pinned split or --train_file) plus the teacher's
     labels (those at or above --min_confidence, which here filters the teacher's labels only)."""
 
-    teacher_adapter: str = field(metadata={"help": "the teacher's LoRA adapter (folder or Hub id)"})
-    unlabeled_file: str = field(metadata={"help": "text to label (.jsonl or .csv, column --text_column)"})
+    # Required, but checked after the config file is read: argparse would demand them as flags before that.
+    teacher_adapter: str | None = field(
+        default=None, metadata={"help": "the teacher's LoRA adapter (folder or Hub id)"}
+    )
+    unlabeled_file: str | None = field(
+        default=None, metadata={"help": "text to label (.jsonl or .csv, column --text_column)"}
+    )
     teacher_model: str | None = field(
         default=None, metadata={"help": "the teacher's base model (default: the student's, model_name_or_path)"}
     )
@@ -96,6 +101,11 @@ class DistillArguments:
     report_limit: int | None = field(
         default=None, metadata={"help": "score only the first N rows of each task in the report (a quick look)"}
     )
+
+    def __post_init__(self) -> None:
+        missing = [name for name in ("teacher_adapter", "unlabeled_file") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"set {' and '.join(missing)}, in the config file or as --flags")
 
 
 TRAIN_DATACLASSES = (TaskArguments, SFTConfig, ModelConfig)
@@ -149,7 +159,10 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:
         raise FinetuneError(f"{config or parser.prog}: {' '.join(str(err).split())}") from None
     if from_flags:
         raise FinetuneError(f"unrecognized arguments: {unknown_flags(from_flags, parser)}")
-    return tuple(parsed[: len(parser.dataclass_types)])  # as the CLI's subparser, a Namespace of its defaults follows
+    parsed = parsed[: len(parser.dataclass_types)]
+    if not parsed[-1].use_peft:  # trl's default is a full fine-tune, which this tool neither saves nor scores
+        raise FinetuneError(f"{config or parser.prog}: finetune trains LoRA adapters: set use_peft: true")
+    return tuple(parsed)  # as the CLI's subparser, a Namespace of its defaults follows
 
 
 def check_keys(config: Path, parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from trl import ModelConfig, SFTConfig
 
 from finetune.config import DistillArguments, TaskArguments
 from finetune.data import Table, load_task, read_rows
-from finetune.evaluate import Evaluation, evaluate
+from finetune.evaluate import Evaluation, check_tasks, evaluate
 from finetune.model import base_config
 from finetune.predict import predict
 from finetune.report import write_report
@@ -58,10 +58,13 @@ def label_unlabeled(
 
 
 def write_student_rows(gold: list[dict], labeled: Table, task_args: TaskArguments, dest: Path) -> None:
-    """Gold rows, then the teacher's kept rows, under the user's column names: a file `--train_file` reads."""
+    """Gold rows, then the teacher's kept rows, under the user's column names: a file `--train_file` reads. The
+    teacher's ids are written `teacher:ID`, since the unlabeled file numbers its rows apart from the gold file and
+    the student's file may not repeat an id."""
 
     def row(doc: dict, source: str) -> dict:
-        key = {"id": doc["id"]} if doc.get("id") not in (None, "") else {}
+        ident = doc.get("id")
+        key = {} if ident in (None, "") else {"id": ident if source == "gold" else f"{source}:{ident}"}
         return {
             **key,
             task_args.text_column: doc["text"],
@@ -101,6 +104,7 @@ def compare(distill_args: DistillArguments, model_args: ModelConfig, students: d
 
 def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> str:
     """Label, train the student (and the gold-only student unless given), compare; returns the report's text."""
+    check_tasks(distill_args.eval_tasks)
     out = Path(sft.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     gold_args = replace(task_args, min_confidence=None)  # the threshold is for the teacher's labels only

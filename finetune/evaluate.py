@@ -3,7 +3,7 @@ number of LoRA adapters (disk or Hub), with the base loaded once and the adapter
 `accelerate launch`, lm-eval's data parallelism spreads the rows over the processes."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +91,15 @@ def run_benchmark(
     return scores, pairs
 
 
+def check_tasks(tasks: Iterable[str]) -> TaskManager:
+    """Unknown task names, refused before any model loads (and, in `distill`, before anything trains)."""
+    manager = task_manager()
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        raise FinetuneError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(manager.all_tasks)})")
+    return manager
+
+
 def evaluate(
     model_args: ModelConfig,
     adapters: list[str] | dict[str, str],
@@ -102,10 +111,7 @@ def evaluate(
     """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled).
     Adapters are named by folder or Hub id, or as a dict names them. With several processes, the first returns
     the whole evaluation and the others None."""
-    manager = task_manager()
-    unknown = [task for task in tasks if task not in manager.all_tasks]
-    if unknown:
-        raise FinetuneError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(manager.all_tasks)})")
+    manager = check_tasks(tasks)
     names = adapters if isinstance(adapters, dict) else adapter_names(adapters)
     model = load_model(model_args, names, allow_other_base)
     lm = language_model(model, load_tokenizer(model_args), batch_size)

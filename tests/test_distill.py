@@ -49,7 +49,7 @@ def test_the_student_learns_from_the_gold_rows_and_every_teacher_label(distilled
     gold = list(load_task().training_docs())[:GOLD]
     assert [(r["id"], r["label"]) for r in rows if r["source"] == "gold"] == [(d["id"], d["label_text"]) for d in gold]
     assert [(r["id"], r["label"]) for r in rows if r["source"] == "teacher"] == [
-        (r["id"], r["prediction"]) for r in labels
+        (f"teacher:{r['id']}", r["prediction"]) for r in labels
     ]
     assert len(labels) == UNLABELED and all("label" not in r for r in labels), "gold labels stay withheld"
     summary = json.loads((distilled / "distill.json").read_text())
@@ -73,8 +73,11 @@ def test_a_second_run_reuses_labels_and_gold_only_student_and_filters_by_confide
     threshold = statistics.median(r["confidence"] for r in jsonl(labels))
     gold = tmp_path / "gold.csv"  # the user's own gold rows: no `confidence` column, which the threshold must not need
     docs = list(load_task().training_docs())[:GOLD]
+    ids = [r["id"] for r in jsonl(labels)] + [d["id"] for d in docs[UNLABELED:]]  # numbered as the unlabeled rows
     with gold.open("w", newline="") as f:
-        csv.writer(f).writerows([("id", "text", "label"), *((d["id"], d["text"], d["label_text"]) for d in docs)])
+        csv.writer(f).writerows(
+            [("id", "text", "label"), *((i, d["text"], d["label_text"]) for i, d in zip(ids, docs))]
+        )
     out = tmp_path / "run"
     distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, out, "--train_file", str(gold),
             "--teacher_labels", str(labels), "--gold_only_adapter", str(distilled / "gold-only"),
@@ -82,8 +85,34 @@ def test_a_second_run_reuses_labels_and_gold_only_student_and_filters_by_confide
     kept = [r["id"] for r in jsonl(labels) if r["confidence"] >= threshold]
     assert 0 < len(kept) < UNLABELED
     rows = jsonl(out / "student_train.jsonl")
-    assert [r["id"] for r in rows] == [d["id"] for d in docs] + kept
+    assert [r["id"] for r in rows] == ids + [f"teacher:{i}" for i in kept]
     assert not (out / "teacher_labels.jsonl").exists() and not (out / "gold-only").exists()
     assert json.loads((out / "report" / "metrics.json").read_text())["adapters"]["gold-only"] == str(
         distilled / "gold-only"
     )
+
+
+def test_the_teacher_and_the_unlabeled_file_may_come_from_the_config_file(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "distill.yaml"
+    absent = tmp_path / "absent.jsonl"
+    config.write_text(TINY_CONFIG.read_text() + f"teacher_adapter: {tiny_adapter_dir}\nunlabeled_file: {absent}\n")
+    with pytest.raises(SystemExit):
+        main(["distill", str(config), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "o")])
+    assert f"{absent}: no such file" in capsys.readouterr().err  # parsed from the file, then read: it got that far
+
+
+def test_without_a_teacher_distill_says_what_to_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["distill", str(TINY_CONFIG), "--output_dir", str(tmp_path)])
+    assert "set teacher_adapter and unlabeled_file, in the config file or as --flags" in capsys.readouterr().err
+
+
+def test_an_unknown_report_task_is_refused_before_the_teacher_labels_anything(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, unlabeled_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit):
+        distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, tmp_path, "--eval_tasks", "tweet_sentimnet")
+    assert "unknown task tweet_sentimnet" in capsys.readouterr().err
+    assert not (tmp_path / "teacher_labels.jsonl").exists()

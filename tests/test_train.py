@@ -29,6 +29,13 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
         parse_train_args([str(config)])
 
 
+def test_a_config_without_use_peft_is_refused_before_any_model_loads(tmp_path: Path) -> None:
+    config = tmp_path / "full.yaml"
+    config.write_text(TINY_CONFIG.read_text().replace("use_peft: true\n", ""))
+    with pytest.raises(FinetuneError, match=f"{config}: .*use_peft: true"):
+        parse_train_args([str(config)])
+
+
 def test_config_flags_override_the_yaml() -> None:
     task_args, sft, model_args = parse_train_args([str(TINY_CONFIG), "--lora_r", "4", "--train_limit", "10"])
     assert (model_args.lora_r, task_args.train_limit, sft.max_steps) == (4, 10, 6)
