@@ -20,8 +20,9 @@ from finetune.data import TASK_GROUP, task_manager
 from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
 from finetune.report import BASE_NAME
+from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
-METRICS = ("acc", "macro_f1", "f1_negative", "f1_neutral", "f1_positive", "invalid")
+METRICS = ("acc", "macro_f1", *(f"f1_{label}" for label in LABELS), "invalid")
 
 
 @dataclass

@@ -130,7 +130,9 @@ def plot_confusion(pairs: list[tuple[int, int]], path: Path, title: str) -> None
 
 def class_report(pairs: list[tuple[int, int]]) -> str:
     golds, preds = zip(*pairs)
-    return classification_report(golds, preds, labels=[0, 1, 2], target_names=list(LABELS), digits=3, zero_division=0)
+    return classification_report(
+        golds, preds, labels=list(range(len(LABELS))), target_names=list(LABELS), digits=3, zero_division=0
+    )
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:

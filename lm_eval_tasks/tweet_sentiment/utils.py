@@ -13,7 +13,7 @@ from sklearn.metrics import f1_score
 
 LABELS = ("negative", "neutral", "positive")
 PROMPT = (
-    "Classify the text into negative, neutral, positive, and return the answer as the corresponding "
+    f"Classify the text into {', '.join(LABELS)}, and return the answer as the corresponding "
     "tweet text sentiment label.\ntext: {text}\nlabel:"
 )
 INVALID = -1
@@ -89,9 +89,7 @@ def _scores(gold: int, pred: int) -> dict[str, Any]:
     return {
         "acc": float(gold == pred),
         "macro_f1": pair,
-        "f1_negative": pair,
-        "f1_neutral": pair,
-        "f1_positive": pair,
+        **{f"f1_{label}": pair for label in LABELS},
         "invalid": float(pred == INVALID),
     }
 
@@ -113,16 +111,16 @@ def _f1(items: list[tuple[int, int]], labels: list[int]) -> float:
 
 
 def macro_f1(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[0, 1, 2])
+    return _f1(items, labels=list(range(len(LABELS))))
 
 
 def f1_negative(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[0])
+    return _f1(items, labels=[LABELS.index("negative")])
 
 
 def f1_neutral(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[1])
+    return _f1(items, labels=[LABELS.index("neutral")])
 
 
 def f1_positive(items: list[tuple[int, int]]) -> float:
-    return _f1(items, labels=[2])
+    return _f1(items, labels=[LABELS.index("positive")])
