@@ -51,7 +51,6 @@ def prompt_completion(task: Task, docs: Iterable[dict], limit: int | None = None
 def training_sets(
     task: Task,
     train_limit: int | None = None,
-    eval_limit: int | None = None,
     train_docs: Iterable[dict] | None = None,
     validation_docs: Iterable[dict] | None = None,
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -59,7 +58,7 @@ def training_sets(
     task's pinned splits."""
     return (
         prompt_completion(task, task.training_docs() if train_docs is None else train_docs, train_limit),
-        prompt_completion(task, task.validation_docs() if validation_docs is None else validation_docs, eval_limit),
+        prompt_completion(task, task.validation_docs() if validation_docs is None else validation_docs),
     )
 
 
@@ -117,7 +116,7 @@ def read_text(path: Path) -> str:
     return text
 
 
-def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, dict | BadRow]]:
+def jsonl_records(text: str) -> Iterator[tuple[int, dict | BadRow]]:
     """Each non-blank line as a JSON object; lines split on newline only, since JSON strings may hold U+2028."""
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -205,7 +204,7 @@ def read_rows(
     if kind not in (".jsonl", ".csv"):
         raise BadInput(f"{path}: expected a .jsonl or .csv file")
     text = read_text(path)
-    records = csv_records(path, text, text_column) if kind == ".csv" else jsonl_records(path, text)
+    records = csv_records(path, text, text_column) if kind == ".csv" else jsonl_records(text)
     table, first_line_of_id = Table(path), {}
     for number, record in records:
         try:
