@@ -169,15 +169,20 @@ def check_keys(config: Path, parser: argparse.ArgumentParser) -> None:
     """Unknown keys of a config file, named before the dataclasses judge the values (whose errors would hide
     a misspelled key behind a complaint about a default)."""
     try:
-        values = yaml.safe_load(config.read_text())
+        document = yaml.compose(config.read_text())  # yaml's nodes, which know their lines
     except yaml.YAMLError as err:
         raise FinetuneError(f"{config}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(values, dict):
+    if not isinstance(document, yaml.MappingNode):
         raise FinetuneError(f"{config}: expected a mapping of keys to values")
     known = {action.dest for action in parser._actions} | {"env"}  # trl's parser reads `env` itself
-    unknown = [key for key in values if key not in known]
+    unknown = [key for key, _ in document.value if key.value not in known]
     if unknown:
-        raise FinetuneError(f"{config}: unknown keys: {unknown_flags(unknown, parser, prefix='')}")
+        raise FinetuneError(
+            "; ".join(
+                f"{config}:{key.start_mark.line + 1}: unknown key {unknown_flags([key.value], parser, prefix='')}"
+                for key in unknown
+            )
+        )
 
 
 def unknown_flags(args: list[str], parser: argparse.ArgumentParser, prefix: str = "--") -> str:

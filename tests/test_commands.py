@@ -40,8 +40,9 @@ def test_a_bad_command_line_is_one_line(argv: list[str], message: str, capsys) -
 def test_an_unknown_key_in_a_config_file_names_the_file_and_the_closest_key(tmp_path: Path, capsys) -> None:
     config = tmp_path / "mine.yaml"
     config.write_text(TINY_CONFIG.read_text() + "lora_rank: 8\n")
+    line = len(TINY_CONFIG.read_text().splitlines()) + 1
     assert error_of(["train", str(config)], capsys) == (
-        f"finetune train: error: {config}: unknown keys: lora_rank (did you mean lora_r?)"
+        f"finetune train: error: {config}:{line}: unknown key lora_rank (did you mean lora_r?)"
     )
 
 
@@ -127,7 +128,7 @@ def test_a_misspelled_key_is_named_before_the_values_are_judged(tmp_path: Path, 
     config = tmp_path / "mine.yaml"  # bf16 on a CPU would be refused too, but the typo is what the user must see
     config.write_text("model_name_or_path: embedded\nlora_rank: 8\n")
     assert error_of(["train", str(config)], capsys) == (
-        f"finetune train: error: {config}: unknown keys: lora_rank (did you mean lora_r?)"
+        f"finetune train: error: {config}:2: unknown key lora_rank (did you mean lora_r?)"
     )
     config.write_text("lora_r: [8\n")
     assert error_of(["train", str(config)], capsys).startswith(f"finetune train: error: {config}: not valid YAML (")

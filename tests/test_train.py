@@ -25,7 +25,8 @@ TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
     config = tmp_path / "typo.yaml"
     config.write_text(TINY_CONFIG.read_text() + "lora_rank: 8\n")
-    with pytest.raises(FinetuneError, match=f"{config}: .*lora_rank"):
+    line = len(TINY_CONFIG.read_text().splitlines()) + 1
+    with pytest.raises(FinetuneError, match=rf"{config}:{line}: unknown key lora_rank \(did you mean lora_r\?\)"):
         parse_train_args([str(config)])
 
 
