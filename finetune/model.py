@@ -164,8 +164,9 @@ def check_fits(source: str, model_args: ModelConfig) -> None:
         return  # a Hub id this machine cannot reach: loading will say why
     with init_empty_weights():
         empty = AutoModelForCausalLM.from_config(config)
-    if model_args.load_in_4bit:  # accelerate sizes no 4-bit dtype: a quarter of 16 bits, a lower bound
-        form, need = "4 bits", compute_module_sizes(empty, dtype=torch.float16)[""] // 4
+    if model_args.load_in_4bit or model_args.load_in_8bit:  # accelerate sizes no k-bit dtype: a share of 16 bits
+        bits = 4 if model_args.load_in_4bit else 8
+        form, need = f"{bits} bits", compute_module_sizes(empty, dtype=torch.float16)[""] * bits // 16
     else:
         form = model_args.dtype if model_args.dtype in ("bfloat16", "float16") else "float32"
         need = compute_module_sizes(empty, dtype=getattr(torch, form))[""]

@@ -1,18 +1,20 @@
 """`finetune evaluate`: one base, many adapters, one comparison; adapters that do not fit are refused up front."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig
+from trl import ModelConfig
 
 import finetune.model as model_module
 from finetune import FinetuneError
 from finetune.evaluate import BASE_NAME, active, evaluate
-from finetune.model import AdapterMismatch, base_config, load_model
+from finetune.model import AdapterMismatch, base_config, check_fits, load_model
 from finetune.report import write_report
 
 
@@ -105,3 +107,21 @@ def test_an_adapter_for_another_base_name_is_refused_unless_allowed(
 def test_a_missing_adapter_is_named_before_the_base_is_loaded(tiny_model_dir: Path) -> None:
     with pytest.raises(FinetuneError, match="no adapter at tester/no-such-adapter: not a folder"):
         load_model(base_config(str(tiny_model_dir)), {"a": "tester/no-such-adapter"})
+
+
+def test_a_base_larger_than_free_memory_is_refused_before_loading_at_its_size_in_each_form(tmp_path: Path) -> None:
+    LlamaConfig(  # the Llama 3.1 405B shape: too large for any machine this runs on, in 16, 8 or 4 bits
+        hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, num_attention_heads=128,
+        num_key_value_heads=8, vocab_size=128256,
+    ).save_pretrained(tmp_path)  # fmt: skip
+    needs = {}
+    for form, how in {
+        "bfloat16": {"dtype": "bfloat16"},
+        "8 bits": {"load_in_8bit": True},
+        "4 bits": {"load_in_4bit": True},
+    }.items():
+        with pytest.raises(FinetuneError, match=f"GiB in {form}, more than the") as refused:
+            check_fits(str(tmp_path), ModelConfig(model_name_or_path=str(tmp_path), **how))
+        needs[form] = float(re.search(r"at least ([\d.]+) GiB", str(refused.value)).group(1))
+    assert needs["8 bits"] == pytest.approx(needs["bfloat16"] / 2, rel=0.01)
+    assert needs["4 bits"] == pytest.approx(needs["bfloat16"] / 4, rel=0.01)
