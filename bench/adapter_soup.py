@@ -12,8 +12,7 @@ import argparse
 from finetune.data import load_task
 from finetune.evaluate import adapter_names, language_model
 from finetune.model import base_config, load_model, load_tokenizer
-from finetune.predict import PREDICT_TASK, choice_logliks
-from lm_eval_tasks.tweet_sentiment.utils import macro_f1
+from finetune.predict import PREDICT_TASK, choice_macro_f1
 
 SOUP = "default"  # peft saves the adapter of this name at the folder's top, where evaluate looks
 
@@ -35,8 +34,7 @@ def main() -> None:
     docs = list(task.validation_docs())
     for name in [*names, SOUP]:
         model.set_adapter(name)
-        logliks = choice_logliks(lm, task, docs, disable_tqdm=True)
-        f1 = macro_f1([(doc["label"], row.index(max(row))) for doc, row in zip(docs, logliks, strict=True)])
+        f1 = choice_macro_f1(lm, task, docs, disable_tqdm=True)
         print(f"validation macro-F1 {f1:.4f}  {'soup -> ' + args.out if name == SOUP else name}", flush=True)
 
 

@@ -15,6 +15,7 @@ from finetune.data import drop_too_long, load_task, read_rows
 from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
 from finetune.outputs import check_output, written
+from lm_eval_tasks.tweet_sentiment.utils import macro_f1
 
 PREDICT_TASK = "tweet_sentiment_mc"
 
@@ -30,6 +31,13 @@ def choice_logliks(lm: HFLM, task: Task, rows: list[dict], disable_tqdm: bool = 
     logliks = [loglik for loglik, _ in lm.loglikelihood(requests, disable_tqdm=disable_tqdm)]
     per_row = len(logliks) // len(rows) if rows else 0
     return [logliks[i * per_row : (i + 1) * per_row] for i in range(len(rows))]
+
+
+def choice_macro_f1(lm: HFLM, task: Task, docs: list[dict], disable_tqdm: bool = False) -> float:
+    """Macro-F1 of labeled rows answered as the multiple-choice variant answers them: how `finetune train` scores
+    its checkpoints on the validation rows."""
+    logliks = choice_logliks(lm, task, docs, disable_tqdm)
+    return macro_f1([(doc["label"], row.index(max(row))) for doc, row in zip(docs, logliks, strict=True)])
 
 
 def label_rows(lm: HFLM, rows: list[dict]) -> list[dict]:

@@ -28,9 +28,8 @@ from finetune.data import Table, drop_too_long, load_task, prompt_completion, re
 from finetune.launch import process_state, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
 from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
-from finetune.predict import PREDICT_TASK, choice_logliks
+from finetune.predict import PREDICT_TASK, choice_macro_f1
 from finetune.report import write_training_log
-from lm_eval_tasks.tweet_sentiment.utils import macro_f1
 
 
 def compute_dtype(sft: SFTConfig) -> str:
@@ -117,9 +116,7 @@ class BenchmarkSFTTrainer(SFTTrainer):
                 batch_size=self.args.per_device_eval_batch_size,
             )
         with self.compute_loss_context_manager():
-            logliks = choice_logliks(self._lm, self.scoring_task, self.validation_docs, self.args.disable_tqdm)
-        pairs = [(doc["label"], row.index(max(row))) for doc, row in zip(self.validation_docs, logliks, strict=True)]
-        return macro_f1(pairs)
+            return choice_macro_f1(self._lm, self.scoring_task, self.validation_docs, self.args.disable_tqdm)
 
     def evaluation_loop(
         self,
