@@ -10,7 +10,14 @@ from trl import TrlParser
 
 from finetune import FinetuneError
 from finetune.config import unknown_flags
-from finetune.launch import SPREAD_COMMANDS, add_launch_args, relaunch, split_launch_args, wants_launch
+from finetune.launch import (
+    SPREAD_COMMANDS,
+    add_launch_args,
+    launch_flags,
+    relaunch,
+    split_launch_args,
+    wants_launch,
+)
 
 DTYPES = ("float32", "bfloat16", "float16")
 RUN_FLAGS = ("--resume", "--overwrite")
@@ -24,15 +31,16 @@ class Parser(TrlParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def resume_command(rest: list[str]) -> str:
-    """The command that continues this run: the same arguments, without --overwrite, with --resume true."""
+def resume_command(rest: list[str], launch: list[str]) -> str:
+    """The command that continues this run: the same arguments and launch flags, without --overwrite, with
+    --resume true (on fewer processes the effective batch would change, and FSDP's checkpoint would not load)."""
     kept, previous = [], ""
     for arg in rest:
         is_value = previous in RUN_FLAGS and arg.lower() in BOOLEANS
         if arg.split("=")[0] not in RUN_FLAGS and not is_value:
             kept.append(arg)
         previous = arg
-    return shlex.join(["finetune", "train", *kept, "--resume", "true"])
+    return shlex.join(["finetune", "train", *kept, *launch, "--resume", "true"])
 
 
 def _train(args: argparse.Namespace, rest: list[str]) -> None:
@@ -40,7 +48,7 @@ def _train(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.train import train
 
     task_args, sft, model_args = parse_train_args(rest, args.parser)
-    out = train(task_args, sft, model_args, resume_command(rest))
+    out = train(task_args, sft, model_args, resume_command(rest, launch_flags(args.launch)))
     if _first_process():
         print(out)
 
@@ -247,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     launch, argv = split_launch_args(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    args.launch = launch
     if args.command in ("train", "distill"):  # trl's parser reads the config file and every flag itself
         rest = argv[argv.index(args.command) + 1 :]
     elif rest and not getattr(args, "takes_rest", False):

@@ -4,6 +4,8 @@ and every process learns from accelerate's state which one it is and where its m
 
 import argparse
 import os
+import shlex
+import signal
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ SPREAD_COMMANDS = ("train", "evaluate", "predict", "demo")
 # accelerate's launcher runs several CPU processes only through MPI; its multi-GPU path (torch's elastic
 # launcher) runs them with gloo when this flag tells accelerate and the Trainer that there is no GPU.
 USE_CPU = "ACCELERATE_USE_CPU"
+# The launch flags as the user gave them, for the launched processes: a resume command must launch as this run did.
+LAUNCH_FLAGS = "FINETUNE_LAUNCH_FLAGS"
 
 
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +47,22 @@ def split_launch_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_launch_args(parser)
     return parser.parse_known_args(argv)
+
+
+def launch_flags(launch: argparse.Namespace) -> list[str]:
+    """The launch flags of a command line that runs as this one: those given, or, in a process started by a
+    plain `accelerate launch`, its number of processes."""
+    if LAUNCH_FLAGS in os.environ:
+        return shlex.split(os.environ[LAUNCH_FLAGS])
+    flags = []
+    if launch.num_processes is not None:
+        flags += ["--num-processes", str(launch.num_processes)]
+    if launch.accelerate_config is not None:
+        flags += ["--accelerate-config", launch.accelerate_config]
+    if flags:
+        return flags
+    processes = process_state().num_processes
+    return ["--num-processes", str(processes)] if processes > 1 else []
 
 
 def wants_launch(launch: argparse.Namespace) -> bool:
@@ -75,11 +95,18 @@ def relaunch(argv: list[str], launch: argparse.Namespace) -> None:
         flags += ["--num_processes", str(launch.num_processes)]
     if not torch.cuda.is_available():
         os.environ[USE_CPU] = "true"
+    os.environ[LAUNCH_FLAGS] = shlex.join(launch_flags(launch))
     try:
         launch_command(launch_command_parser().parse_args([*flags, "--module", "finetune.cli", *argv]))
     except ChildFailedError as err:
         failed = ", ".join(f"process {rank} exited with {f.exitcode}" for rank, f in sorted(err.failures.items()))
-        raise FinetuneError(f"accelerate launch: {failed}") from None
+        # torch's launcher stops the others with SIGTERM once one exits: -15, as a shell says 143
+        codes = {128 - code if code < 0 else code for code in (failure.exitcode for failure in err.failures.values())}
+        if len(codes) != 1 or not codes <= {128 + signal.SIGTERM, 128 + signal.SIGINT}:
+            raise FinetuneError(f"accelerate launch: {failed}") from None
+        stopped = FinetuneError(f"accelerate launch: {failed}, stopped by a signal after the same step")
+        stopped.exit_code = codes.pop()  # with a checkpoint, named above: exit as the signal would
+        raise stopped from None
 
 
 def process_state() -> PartialState:

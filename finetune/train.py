@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
+import torch
 from lm_eval.models.huggingface import HFLM
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import (
@@ -245,9 +246,19 @@ class StopOnSignal(TrainerCallback):
         self.previous = {}
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
+        if args.world_size > 1:
+            self.received = self.received_by_any(args.device)
         if self.received is not None:
             control.should_save = True
             control.should_training_stop = True
+
+    def received_by_any(self, device: torch.device) -> signal.Signals | None:
+        """The signal any process has received, agreed by all after every step: a signal reaches the processes on
+        either side of a step's end, and one process stopping alone would save while the others wait for it in
+        the next step's all-reduce."""
+        number = torch.tensor(self.received or 0, device=device)
+        torch.distributed.all_reduce(number, op=torch.distributed.ReduceOp.MAX)
+        return signal.Signals(number.item()) if number.item() else None
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
         self.restore()
@@ -310,6 +321,7 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, res
             replaced.parent.rmdir()
         raise
     if stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
+        trainer.accelerator.wait_for_everyone()  # process zero's checkpoint is whole before any process exits
         message = interrupted_message(stop.received, trainer.state, out, replaced, resume_command)
         raise Interrupted(message, stop.received)
     if trainer.is_world_process_zero():

@@ -1,6 +1,6 @@
 """A signal during training (SIGTERM from a preempting scheduler, SIGINT from Ctrl-C) stops at the end of the
 step with a checkpoint and a message naming the resume command; the resumed run ends with the very adapter an
-uninterrupted run makes."""
+uninterrupted run makes. Under several processes, all stop after the same step."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -77,3 +78,39 @@ def test_sigint_stops_at_the_step_end_with_a_checkpoint(tiny_model_dir: Path, tr
     checkpoints = [p.name for p in (tmp_path / "run").glob("checkpoint-*")]
     assert len(checkpoints) == 1 and f"saved in {tmp_path / 'run' / checkpoints[0]};" in str(stopped.value)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Ctrl-C works as usual again"
+
+
+def test_a_signal_reaching_one_of_two_processes_stops_both_after_the_same_step(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "finetune.cli", "train", str(TINY_CONFIG), "--model_name_or_path",
+               str(tiny_model_dir), "--output_dir", str(out), *RUN, "--max_steps", "40",
+               "--num-processes", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        for line in launcher.stdout:  # process 0 logs each step
+            if "'loss'" in line:
+                second = next(p for p in psutil.Process(launcher.pid).children(recursive=True)
+                              if p.environ().get("RANK") == "1")  # fmt: skip
+                second.send_signal(signal.SIGTERM)  # as a scheduler's signal that reaches one process first
+                break
+        try:
+            launcher.communicate(timeout=300)
+        finally:  # processes that wait for each other forever must not outlive the test
+            if launcher.poll() is None:
+                for process in [*psutil.Process(launcher.pid).children(recursive=True), launcher]:
+                    process.kill()
+    said = stderr.read_text()
+    assert launcher.returncode == 128 + signal.SIGTERM, said[-2000:]
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1, "both processes saved the same step, once"
+    step = int(checkpoints[0].name.split("-")[1])
+    assert step < 40 and not (out / "adapter_model.safetensors").exists()
+    resume = shlex.join(["finetune", "train", *command[4:-2], "--num-processes", "2", "--resume", "true"])
+    assert (
+        f"stopped by SIGTERM after step {step} of 40; checkpoint saved in {checkpoints[0]}; resume with: {resume}"
+        in said
+    )
