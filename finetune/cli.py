@@ -68,7 +68,7 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
 
     check_output(args.out, args.overwrite)
     evaluation = evaluate(
-        base_config(args.base, args.dtype, args.load_in_4bit),
+        base_config(args.base, args.dtype, args.load_in_4bit, args.revision),
         args.adapter,
         tasks=tuple(args.tasks),
         limit=args.limit,
@@ -83,7 +83,7 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.model import base_config, merge
 
-    print(merge(base_config(args.base, args.dtype), args.adapter, args.out, args.overwrite))
+    print(merge(base_config(args.base, args.dtype, revision=args.revision), args.adapter, args.out, args.overwrite))
 
 
 def _predict(args: argparse.Namespace, rest: list[str]) -> None:
@@ -91,7 +91,7 @@ def _predict(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.predict import predict, report_path
 
     count = predict(
-        base_config(args.model, args.dtype, args.load_in_4bit),
+        base_config(args.model, args.dtype, args.load_in_4bit, args.revision),
         args.adapter,
         args.input,
         args.output,
@@ -153,6 +153,7 @@ def _first_process() -> bool:
 
 def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "float32", quantize: bool = True) -> None:
     p.add_argument(f"--{name}", default="embedded", help="Hub id, folder, or `embedded`")
+    p.add_argument("--revision", default="main", help="the base's branch, tag or commit on the Hub (model_revision)")
     p.add_argument("--dtype", choices=DTYPES, default=default_dtype)
     if quantize:
         p.add_argument(

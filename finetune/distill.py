@@ -34,8 +34,10 @@ def gold_rows(task_args: TaskArguments) -> list[dict]:
 
 
 def teacher_config(distill_args: DistillArguments, model_args: ModelConfig) -> ModelConfig:
-    base = distill_args.teacher_model or model_args.model_name_or_path
-    return base_config(base, distill_args.teacher_dtype, distill_args.teacher_load_in_4bit)
+    if distill_args.teacher_model is None:  # the student's base, at its revision
+        return base_config(model_args.model_name_or_path, distill_args.teacher_dtype,
+                           distill_args.teacher_load_in_4bit, model_args.model_revision)  # fmt: skip
+    return base_config(distill_args.teacher_model, distill_args.teacher_dtype, distill_args.teacher_load_in_4bit)
 
 
 def label_unlabeled(
@@ -85,7 +87,9 @@ def train_as(name: str, task_args: TaskArguments, sft: SFTConfig, model_args: Mo
 
 def compare(distill_args: DistillArguments, model_args: ModelConfig, students: dict[str, str]) -> Evaluation:
     """Every model on the benchmark, each base loaded once: the teacher's base is scored apart if it differs."""
-    student_base = base_config(model_args.model_name_or_path, "float32", model_args.load_in_4bit)
+    student_base = base_config(
+        model_args.model_name_or_path, "float32", model_args.load_in_4bit, model_args.model_revision
+    )
     teacher_base = teacher_config(distill_args, model_args)
     teacher = {TEACHER: distill_args.teacher_adapter}
     tasks, limit = tuple(distill_args.eval_tasks), distill_args.report_limit

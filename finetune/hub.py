@@ -57,7 +57,8 @@ def push(
         if merged:
             from finetune.model import base_config, merge  # torch and peft: only for --merged
 
-            folder = merge(base_config(model_args["model_name_or_path"], "bfloat16"), str(adapter), Path(tmp))
+            base = base_config(model_args["model_name_or_path"], "bfloat16", revision=model_args["model_revision"])
+            folder = merge(base, str(adapter), Path(tmp))
             files = [CommitOperationAdd(name, str(folder / name)) for name in publish_files(folder, ["*"])]
             files += (
                 [CommitOperationAdd(LOSS_PLOT, str(adapter / LOSS_PLOT))] if (adapter / LOSS_PLOT).is_file() else []

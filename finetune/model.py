@@ -82,10 +82,12 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
         tokenizer.save_pretrained(staging)
 
 
-def base_config(base: str, dtype: str = "float32", load_in_4bit: bool = False) -> ModelConfig:
-    """How evaluate, predict and merge load a base: in 4 bits the way the QLoRA preset trains it (nf4, nested)."""
+def base_config(base: str, dtype: str = "float32", load_in_4bit: bool = False, revision: str = "main") -> ModelConfig:
+    """How evaluate, predict and merge load a base: in 4 bits the way the QLoRA preset trains it (nf4, nested),
+    at the revision the adapter was trained on."""
     return ModelConfig(
         model_name_or_path=base,
+        model_revision=revision,
         dtype=dtype,
         load_in_4bit=load_in_4bit,
         bnb_4bit_quant_type="nf4",

@@ -4,6 +4,7 @@ server on 127.0.0.1; the client is huggingface_hub's own `HfApi`, pointed at it.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,12 +15,21 @@ import huggingface_hub
 import pytest
 import torch
 from hub_server import HubServer
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from finetune.evaluate import evaluate
-from finetune.hub import ADAPTER_PATTERNS, HubError, model_card, publish_files, push, read_adapter, report_results
+from finetune.hub import (
+    ADAPTER_PATTERNS,
+    HubError,
+    model_card,
+    publish_files,
+    push,
+    read_adapter,
+    report_results,
+    upload,
+)
 from finetune.model import base_config, merge
 from finetune.report import read_training_log, write_report
 
@@ -190,3 +200,37 @@ def test_evaluate_from_the_hub_reproduces_the_published_numbers(
     from_hub = json.loads((out / "metrics.json").read_text())
     assert from_hub["adapters"] == {f"{USER}/round-trip": f"{USER}/round-trip"}
     assert from_hub["results"][f"{USER}/round-trip"] == report_results(report, tiny_adapter_dir)["adapter"]
+
+
+def test_merge_and_push_merged_fold_the_adapter_into_its_base_at_the_revision_it_was_trained_on(
+    api: HfApi, hub: HubServer, tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    later = tmp_path / "later"  # a later revision of the base: the same shapes, other weights
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.mul_(1.5)
+    model.save_pretrained(later)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, later / name)
+    files = lambda folder: [CommitOperationAdd(p.name, str(p)) for p in folder.iterdir() if p.is_file()]  # noqa: E731
+    upload(api, f"{USER}/base", files(later), private=False, revision=None)  # main moved on
+    upload(api, f"{USER}/base", files(tiny_model_dir), private=False, revision="v1")
+    adapter = shutil.copytree(tiny_adapter_dir, tmp_path / "adapter")  # as if trained on tester/base at v1
+    for name, key, value in (("adapter_config.json", "base_model_name_or_path", f"{USER}/base"),
+                             ("model_args.json", "model_name_or_path", f"{USER}/base"),
+                             ("model_args.json", "model_revision", "v1")):  # fmt: skip
+        settings = json.loads((adapter / name).read_text())
+        (adapter / name).write_text(json.dumps({**settings, key: value}))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN)
+    for command in (["merge", "--base", f"{USER}/base", "--revision", "v1", "--adapter", str(adapter),
+                     "--out", str(tmp_path / "merged")],
+                    ["push", "--adapter", str(adapter), "--repo", f"{USER}/merged-v1", "--merged"]):  # fmt: skip
+        run = subprocess.run([sys.executable, "-m", "finetune.cli", *command], capture_output=True, text=True, env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+    pushed = Path(api.snapshot_download(f"{USER}/merged-v1", local_dir=tmp_path / "pushed"))
+    expected = merge(base_config(str(tiny_model_dir), "bfloat16"), str(tiny_adapter_dir), tmp_path / "expected")
+    for folder in (tmp_path / "merged", pushed):
+        torch.testing.assert_close(logits(folder), logits(expected), rtol=0, atol=0)
+    assert not torch.allclose(logits(expected).float(), logits(later, tiny_adapter_dir), atol=1e-2), "main differs"
