@@ -4,7 +4,7 @@ The seed article sampled its split at random and never saved it; this script mak
 reproducible: stratified by label, fixed seed, train and validation from the source's train split,
 test from its test split. Rows with an empty text are left out and counted on stdout.
 
-    python -m lm_eval_tasks.tweet_sentiment.make_split                    # from the Hub (pinned revision)
+    python -m lm_eval_tasks.tweet_sentiment.make_split                    # $TWEET_SENTIMENT_DATA_DIR, else the Hub
     python -m lm_eval_tasks.tweet_sentiment.make_split --source DIR       # from a local mteb-layout copy
 """
 
@@ -16,23 +16,15 @@ from pathlib import Path
 import datasets
 from sklearn.model_selection import train_test_split
 
-from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR, HUB_DATASET, HUB_REVISION, SPLIT_FILES
+from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR, SPLIT_FILES, has_text, source_split
 
 SIZES = {"train": 3200, "validation": 800, "test": 300}
 SEED = 42
 
 
-def load_source(source: Path | None) -> datasets.DatasetDict:
-    """The full data set, from a local mteb-layout folder or the Hub at the pinned revision."""
-    if source is None:
-        return datasets.load_dataset(HUB_DATASET, revision=HUB_REVISION)
-    files = {split: str(source / f"{split}.jsonl") for split in ("train", "test")}
-    return datasets.load_dataset("json", data_files=files)
-
-
 def stratified_sample(rows: datasets.Dataset, sizes: list[int], seed: int) -> list[list[dict]]:
     """Disjoint label-stratified samples of the given sizes, in a fixed order."""
-    records = [r for r in rows if r["text"].strip()]
+    records = [r for r in rows if has_text(r)]
     dropped = len(rows) - len(records)
     if dropped:
         print(f"left out {dropped} row(s) with an empty text")
@@ -61,9 +53,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DATA_DIR)
     args = parser.parse_args()
 
-    source = load_source(args.source)
-    train, validation = stratified_sample(source["train"], [SIZES["train"], SIZES["validation"]], SEED)
-    (test,) = stratified_sample(source["test"], [SIZES["test"]], SEED)
+    pool = source_split("train", args.source)
+    train, validation = stratified_sample(pool, [SIZES["train"], SIZES["validation"]], SEED)
+    (test,) = stratified_sample(source_split("test", args.source), [SIZES["test"]], SEED)
     args.out.mkdir(parents=True, exist_ok=True)
     sums = []
     for split, records in (("train", train), ("validation", validation), ("test", test)):

@@ -32,10 +32,10 @@ def load_pinned(**_: Any) -> datasets.DatasetDict:
     return datasets.load_dataset("json", data_files=files)
 
 
-def source_split(split: str) -> datasets.Dataset:
-    """One split of the source data set: $TWEET_SENTIMENT_DATA_DIR/{split}.jsonl (mteb layout) if set,
-    else the Hub at a pinned revision."""
-    local = os.environ.get(FULL_DATA_ENV)
+def source_split(split: str, local: str | Path | None = None) -> datasets.Dataset:
+    """One split of the source data set: {local}/{split}.jsonl (mteb layout), by default from
+    $TWEET_SENTIMENT_DATA_DIR, else the Hub at a pinned revision."""
+    local = local or os.environ.get(FULL_DATA_ENV)
     if local:
         return datasets.load_dataset("json", data_files={split: str(Path(local) / f"{split}.jsonl")}, split=split)
     return datasets.load_dataset(HUB_DATASET, revision=HUB_REVISION, split=split)
@@ -51,7 +51,12 @@ def source_train_outside(pinned_splits: tuple[str, ...]) -> datasets.Dataset:
     pinned split leaves them out (matched by `id`)."""
     pinned = load_pinned()
     held = {row_id for split in pinned_splits for row_id in pinned[split]["id"]}
-    return source_split("train").filter(lambda row: row["id"] not in held and (row["text"] or "").strip())
+    return source_split("train").filter(lambda row: row["id"] not in held and has_text(row))
+
+
+def has_text(row: dict) -> bool:
+    """The pinned split and the training variants leave out the source's rows with an empty text."""
+    return bool((row["text"] or "").strip())
 
 
 def load_train_full(**_: Any) -> datasets.DatasetDict:
