@@ -95,18 +95,26 @@ def relaunch(argv: list[str], launch: argparse.Namespace) -> None:
         flags += ["--num_processes", str(launch.num_processes)]
     if not torch.cuda.is_available():
         os.environ[USE_CPU] = "true"
-    os.environ[LAUNCH_FLAGS] = shlex.join(launch_flags(launch))
+    os.environ[LAUNCH_FLAGS] = shlex.join(launch_flags(launch))  # for the launched processes only
     try:
         launch_command(launch_command_parser().parse_args([*flags, "--module", "finetune.cli", *argv]))
     except ChildFailedError as err:
-        failed = ", ".join(f"process {rank} exited with {f.exitcode}" for rank, f in sorted(err.failures.items()))
-        # torch's launcher stops the others with SIGTERM once one exits: -15, as a shell says 143
-        codes = {128 - code if code < 0 else code for code in (failure.exitcode for failure in err.failures.values())}
-        if len(codes) != 1 or not codes <= {128 + signal.SIGTERM, 128 + signal.SIGINT}:
-            raise FinetuneError(f"accelerate launch: {failed}") from None
-        stopped = FinetuneError(f"accelerate launch: {failed}, stopped by a signal after the same step")
-        stopped.exit_code = codes.pop()  # with a checkpoint, named above: exit as the signal would
-        raise stopped from None
+        raise launch_failure(err) from None
+    finally:
+        os.environ.pop(LAUNCH_FLAGS, None)
+
+
+def launch_failure(err: ChildFailedError) -> FinetuneError:
+    """One line for the processes that failed; exiting as a signal would where every one was stopped by it (each
+    has named its checkpoint)."""
+    failed = ", ".join(f"process {rank} exited with {f.exitcode}" for rank, f in sorted(err.failures.items()))
+    # torch's launcher stops the others with SIGTERM once one exits: -15, as a shell says 143
+    codes = {128 - code if code < 0 else code for code in (failure.exitcode for failure in err.failures.values())}
+    if len(codes) != 1 or not codes <= {128 + signal.SIGTERM, 128 + signal.SIGINT}:
+        return FinetuneError(f"accelerate launch: {failed}")
+    stopped = FinetuneError(f"accelerate launch: {failed}, stopped by a signal after the same step")
+    stopped.exit_code = codes.pop()
+    return stopped
 
 
 def process_state() -> PartialState:
