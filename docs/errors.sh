@@ -9,7 +9,7 @@ mkdir -p "$WORK" && cd "$WORK" || exit 1
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PY="${PYTHON:-python}"
 finetune() { "$PY" -m finetune.cli "$@"; }
-NOISE='\[A\s*$|Warning|warnings.warn|it/s\]|s/it\]|examples/s\]|Custom kwargs|--metadata=|^\s*$|\{.(loss|eval_loss|train_runtime).'
+NOISE='\[A\s*$|Warning|warnings.warn|it/s\]|s/it\]|examples/s\]|Custom kwargs|--metadata=|^\s*$|\{.(loss|eval_loss|eval_macro_f1|train_runtime).|already-initialized model'
 show() {  # show TITLE COMMAND...: the command as typed, then its filtered output and exit status
   echo "### $1"; shift
   echo; echo '```console'; echo "\$ $*"
