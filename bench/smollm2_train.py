@@ -87,14 +87,15 @@ def train_variant(name: str, variant: Variant, runs: Path, skip: int) -> dict:
         per_epoch = math.ceil(len(trainer.train_dataset) / sft.per_device_train_batch_size)
         tp = benchlib.summarize(timer, batches, per_epoch, sft.gradient_accumulation_steps, skip,
                                 benchlib.counted_params(trainer.model), benchlib.H100_BF16_DENSE_TFLOPS)  # fmt: skip
+        steps_per_epoch = math.ceil(per_epoch / sft.gradient_accumulation_steps)  # the timer times optimizer steps
         durations = [b - a for a, b in zip([timer.start, *timer.ends], timer.ends, strict=False)]
         clean = [d for d, busy in zip(durations, timer.busy, strict=True) if not busy][skip:]
         median = statistics.median(clean)
         row = {
             "variant": name, "about": variant.about, "arguments": " ".join([PRESET, *variant.args]),
             "load_s": t_load, "train_s": t_train, "save_s": t_save, "run_s": t_load + t_train + t_save,
-            "steps": tp.steps, "epochs": sft.num_train_epochs, "epoch_steady_s": median * per_epoch,
-            "epoch1_wall_s": timer.ends[per_epoch - 1] - timer.start,
+            "steps": tp.steps, "epochs": sft.num_train_epochs, "epoch_steady_s": median * steps_per_epoch,
+            "epoch1_wall_s": timer.ends[steps_per_epoch - 1] - timer.start,
             "validate_and_save_s": sum(d - median for d, busy in zip(durations, timer.busy, strict=True) if busy),
             "tokens_per_s": tp.tokens_per_s, "examples_per_s": tp.examples_per_s,
             "e2e_examples_per_s": tp.e2e_examples_per_s, "peak_gib": tp.peak_gib, "padding_share": tp.padding_share,

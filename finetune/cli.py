@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             args.run(args, rest)
     except FinetuneError as err:
-        print(f"finetune {args.command}: error: {err}", file=sys.stderr)
+        if _first_process() or err.exit_code < 128:  # stopped by a signal, every process would say the same
+            print(f"finetune {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
 
 
