@@ -34,10 +34,11 @@ def gold_rows(task_args: TaskArguments) -> list[dict]:
 
 
 def teacher_config(distill_args: DistillArguments, model_args: ModelConfig) -> ModelConfig:
-    if distill_args.teacher_model is None:  # the student's base, at its revision
-        return base_config(model_args.model_name_or_path, distill_args.teacher_dtype,
-                           distill_args.teacher_load_in_4bit, model_args.model_revision)  # fmt: skip
-    return base_config(distill_args.teacher_model, distill_args.teacher_dtype, distill_args.teacher_load_in_4bit)
+    """The teacher's own base (at main), or the student's at the student's revision."""
+    own = distill_args.teacher_model is not None
+    base = distill_args.teacher_model if own else model_args.model_name_or_path
+    revision = "main" if own else model_args.model_revision
+    return base_config(base, distill_args.teacher_dtype, distill_args.teacher_load_in_4bit, revision)
 
 
 def label_unlabeled(
@@ -93,9 +94,9 @@ def compare(distill_args: DistillArguments, model_args: ModelConfig, students: d
     teacher_base = teacher_config(distill_args, model_args)
     teacher = {TEACHER: distill_args.teacher_adapter}
     tasks, limit = tuple(distill_args.eval_tasks), distill_args.report_limit
-    same_base = (teacher_base.model_name_or_path, teacher_base.load_in_4bit) == (
-        student_base.model_name_or_path,
-        student_base.load_in_4bit,
+    same_base = all(
+        getattr(teacher_base, key) == getattr(student_base, key)
+        for key in ("model_name_or_path", "model_revision", "load_in_4bit")
     )
     if same_base:
         return evaluate(student_base, {**teacher, **students}, tasks, limit)
