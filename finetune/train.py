@@ -231,10 +231,13 @@ class StopOnSignal(TrainerCallback):
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
         self.previous: dict[int, object] = {}
+        self.processes: torch.distributed.ProcessGroup | None = None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
         if threading.current_thread() is threading.main_thread():
             self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
+        if args.world_size > 1:
+            self.processes = torch.distributed.new_group(backend="gloo")
 
     def handle(self, number: int, frame: object) -> None:
         self.received = signal.Signals(number)
@@ -246,22 +249,26 @@ class StopOnSignal(TrainerCallback):
         self.previous = {}
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
-        if args.world_size > 1:
-            self.received = self.received_by_any(args.device)
+        if self.processes is not None:
+            self.received = self.received_by_any(self.processes)
         if self.received is not None:
             control.should_save = True
             control.should_training_stop = True
 
-    def received_by_any(self, device: torch.device) -> signal.Signals | None:
+    def received_by_any(self, processes: torch.distributed.ProcessGroup) -> signal.Signals | None:
         """The signal any process has received, agreed by all after every step: a signal reaches the processes on
         either side of a step's end, and one process stopping alone would save while the others wait for it in
-        the next step's all-reduce."""
-        number = torch.tensor(self.received or 0, device=device)
-        torch.distributed.all_reduce(number, op=torch.distributed.ReduceOp.MAX)
+        the next step's all-reduce. The flag goes through a CPU (gloo) group: read back from a GPU, it would make
+        every step wait for its queued kernels before the next step's are launched."""
+        number = torch.tensor(self.received or 0)
+        torch.distributed.all_reduce(number, op=torch.distributed.ReduceOp.MAX, group=processes)
         return signal.Signals(number.item()) if number.item() else None
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
         self.restore()
+        if self.processes is not None:
+            torch.distributed.destroy_process_group(self.processes)
+            self.processes = None
 
 
 def claim_run_folder(out: Path, task_args: TaskArguments) -> Path | None:
