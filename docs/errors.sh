@@ -76,6 +76,7 @@ printf 'model_name_or_path: embedded\nlora_rank: 8\n' > typo.yaml
 show "A misspelled key in a config file" finetune train typo.yaml
 show "A bad value" finetune train embedded-cpu-quick --lora_r eight
 show "An unknown task" finetune evaluate --tasks tweet_sentiment_gne
+show "A task that cannot be trained on" finetune train embedded-cpu-quick --task tweet_sentiment_mc
 touch a-file
 show "An output folder that cannot be written" finetune predict --input bom.csv --output a-file/labeled.jsonl
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from finetune import FinetuneError
-from finetune.config import unknown_flags
+from finetune.config import DTYPES, unknown_flags
 from finetune.launch import (
     SPREAD_COMMANDS,
     add_launch_args,
@@ -19,7 +19,6 @@ from finetune.launch import (
     wants_launch,
 )
 
-DTYPES = ("float32", "bfloat16", "float16")
 RUN_FLAGS = ("--resume", "--overwrite")
 BOOLEANS = ("true", "false", "yes", "no", "1", "0")
 

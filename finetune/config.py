@@ -13,6 +13,7 @@ from finetune import FinetuneError
 from finetune.data import TRAIN_TASK
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -85,7 +86,9 @@ class DistillArguments:
     teacher_model: str | None = field(
         default=None, metadata={"help": "the teacher's base model (default: the student's, model_name_or_path)"}
     )
-    teacher_dtype: str = field(default="float32", metadata={"help": "the teacher base's dtype while it labels"})
+    teacher_dtype: str = field(
+        default="float32", metadata={"help": f"the teacher base's dtype while it labels ({', '.join(DTYPES)})"}
+    )
     teacher_load_in_4bit: bool = field(
         default=False, metadata={"help": "load the teacher's base in nf4, as the QLoRA preset trains it (a GPU)"}
     )
@@ -106,6 +109,8 @@ class DistillArguments:
         missing = [name for name in ("teacher_adapter", "unlabeled_file") if getattr(self, name) is None]
         if missing:
             raise ValueError(f"set {' and '.join(missing)}, in the config file or as --flags")
+        if self.teacher_dtype not in DTYPES:  # a config file's value is not checked by argparse's `choices`
+            raise ValueError(f"teacher_dtype {self.teacher_dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 TRAIN_DATACLASSES = (TaskArguments, SFTConfig, ModelConfig)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,20 @@ def task_manager() -> TaskManager:
 
 def load_task(name: str = TRAIN_TASK) -> Task:
     return task_manager().load([name])["tasks"][name]
+
+
+def training_task(name: str) -> Task:
+    """The task whose prompt and answer make the training text. Its target must be the answer's words, as a
+    generative variant's is: a multiple-choice variant's target is the index of a choice."""
+    manager = task_manager()
+    if name not in manager.all_subtasks:
+        raise BadInput(f"--task {name}: not a task to train on (tasks: {', '.join(manager.all_subtasks)})")
+    task = manager.load([name])["tasks"][name]
+    if task.config.output_type != "generate_until":
+        raise BadInput(
+            f"--task {name}: a {task.config.output_type} task; training takes a generative variant ({TRAIN_TASK})"
+        )
+    return task
 
 
 def prompt_completion(task: Task, docs: Iterable[dict], limit: int | None = None) -> datasets.Dataset:
@@ -166,10 +181,14 @@ def label_index(value: Any) -> int:
 
 
 def confidence(row: dict) -> float:
+    """A finite number: NaN compares false with any threshold and would pass every one."""
     try:
-        return float(row["confidence"])
+        value = float(row["confidence"])
     except (KeyError, TypeError, ValueError):
-        raise BadRow(f"no number in `confidence` (got {row.get('confidence')!r})") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadRow(f"no number in `confidence` (got {row.get('confidence')!r})")
+    return value
 
 
 def check_row(row: dict, text_column: str, label_column: str | None) -> dict:

@@ -9,12 +9,14 @@ from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from trl import ModelConfig, SFTConfig
 
 from finetune.config import DistillArguments, TaskArguments
-from finetune.data import Table, load_task, read_rows
+from finetune.data import Table, read_rows, training_task
 from finetune.evaluate import Evaluation, check_tasks, evaluate
 from finetune.model import base_config
+from finetune.outputs import check_output, written
 from finetune.predict import predict
 from finetune.report import write_report
 from finetune.train import train, user_tables
@@ -24,12 +26,13 @@ TEACHER, STUDENT, GOLD_ONLY = "teacher", "student", "gold-only"
 TEACHER_LABELS = "teacher_labels.jsonl"
 STUDENT_ROWS = "student_train.jsonl"
 SUMMARY = "distill.json"
+REPORT = "report"
 
 
 def gold_rows(task_args: TaskArguments) -> list[dict]:
     """The gold rows both students learn from: the user's --train_file, else the task's pinned train split."""
     tables = user_tables(task_args)
-    docs = tables["train"].rows if "train" in tables else load_task(task_args.task).training_docs()
+    docs = tables["train"].rows if "train" in tables else training_task(task_args.task).training_docs()
     return list(islice(docs, task_args.train_limit))
 
 
@@ -41,13 +44,28 @@ def teacher_config(distill_args: DistillArguments, model_args: ModelConfig) -> M
     return base_config(base, distill_args.teacher_dtype, distill_args.teacher_load_in_4bit, revision)
 
 
+def claim_outputs(distill_args: DistillArguments, task_args: TaskArguments, out: Path) -> None:
+    """Every result's place is checked before the teacher labels anything, so that a refused run changes
+    nothing: a used one is replaced only with --overwrite. --resume continues a stopped run where it is."""
+    if task_args.resume:
+        return
+    names = [STUDENT_ROWS, STUDENT, SUMMARY, REPORT]
+    names += [] if distill_args.teacher_labels else [TEACHER_LABELS]
+    names += [] if distill_args.gold_only_adapter else [GOLD_ONLY]
+    for name in names:
+        check_output(out / name, task_args.overwrite)
+
+
 def label_unlabeled(
     distill_args: DistillArguments, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, out: Path
 ) -> Path:
-    """The teacher's `finetune predict` output for the unlabeled file, or the one kept from an earlier run."""
+    """The teacher's `finetune predict` output for the unlabeled file: the one given, the one a stopped run
+    wrote (with --resume), or a new one."""
     if distill_args.teacher_labels:
         return Path(distill_args.teacher_labels)
     dest = out / TEACHER_LABELS
+    if task_args.resume and dest.is_file():
+        return dest
     predict(
         teacher_config(distill_args, model_args),
         distill_args.teacher_adapter,
@@ -55,6 +73,7 @@ def label_unlabeled(
         dest,
         batch_size=sft.per_device_eval_batch_size,
         text_column=task_args.text_column,
+        skip_bad_rows=task_args.skip_bad_rows,
         overwrite=task_args.overwrite,
     )
     return dest
@@ -76,14 +95,20 @@ def write_student_rows(gold: list[dict], labeled: Table, task_args: TaskArgument
         }
 
     rows = [row(doc, "gold") for doc in gold] + [row(doc, TEACHER) for doc in labeled.rows]
-    dest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with written(dest, overwrite=True, folder=False) as staging:  # its place was claimed before labeling
+        staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def train_as(name: str, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, out: Path) -> str:
-    """One training run of the config into `out/name`."""
+    """One training run of the config into `out/name`. With --resume, a run that finished before the stop is
+    kept, one that saved a checkpoint continues, and one that had not started starts."""
+    folder = out / name
+    if task_args.resume and (folder / SAFETENSORS_WEIGHTS_NAME).is_file():
+        return str(folder)
     run = copy.deepcopy(sft)
-    run.output_dir = str(out / name)
-    return str(train(task_args, run, copy.deepcopy(model_args)))
+    run.output_dir = str(folder)
+    resume = task_args.resume and any(folder.glob("checkpoint-*"))
+    return str(train(replace(task_args, resume=resume), run, copy.deepcopy(model_args)))
 
 
 def compare(distill_args: DistillArguments, model_args: ModelConfig, students: dict[str, str]) -> Evaluation:
@@ -111,12 +136,17 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
     """Label, train the student (and the gold-only student unless given), compare; returns the report's text."""
     check_tasks(distill_args.eval_tasks)
     out = Path(sft.output_dir)
+    claim_outputs(distill_args, task_args, out)
     out.mkdir(parents=True, exist_ok=True)
     gold_args = replace(task_args, min_confidence=None)  # the threshold is for the teacher's labels only
     gold = gold_rows(gold_args)
     labels = label_unlabeled(distill_args, task_args, sft, model_args, out)
     labeled = read_rows(
-        labels, text_column=task_args.text_column, label_column="prediction", min_confidence=task_args.min_confidence
+        labels,
+        text_column=task_args.text_column,
+        label_column="prediction",
+        min_confidence=task_args.min_confidence,
+        skip_bad_rows=task_args.skip_bad_rows,
     )
     write_student_rows(gold, labeled, task_args, out / STUDENT_ROWS)
     student_args = replace(task_args, train_file=str(out / STUDENT_ROWS), min_confidence=None, train_limit=None)
@@ -132,8 +162,10 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
         "adapters": {TEACHER: distill_args.teacher_adapter, **students},
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
-    text = write_report(compare(distill_args, model_args, students), out / "report", task_args.overwrite)
+    text = write_report(
+        compare(distill_args, model_args, students), out / REPORT, task_args.overwrite or task_args.resume
+    )
     return (
         f"{text}\nstudent: {len(gold)} gold + {len(labeled.rows)} teacher-labeled rows "
-        f"({labeled.below_min_confidence} below min_confidence); report in {out / 'report'}\n"
+        f"({labeled.below_min_confidence} below min_confidence); report in {out / REPORT}\n"
     )

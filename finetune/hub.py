@@ -124,13 +124,20 @@ def eval_results(results: dict) -> list[EvalResult]:
     ]
 
 
+def target_modules(value: str | list[str] | None) -> str:
+    """peft keeps a list of module names, or one regular expression as it was given (the demo preset's)."""
+    if isinstance(value, str):
+        return f"`{value}`"
+    return ", ".join(sorted({name.split(".")[-1] for name in value or []}))
+
+
 def training_rows(config: dict, log: list[dict]) -> list[tuple[str, str]]:
     """LoRA settings from the adapter's config, steps and losses from the Trainer's log."""
     rows = [
         ("LoRA rank r", config.get("r")),
         ("lora_alpha", config.get("lora_alpha")),
         ("lora_dropout", config.get("lora_dropout")),
-        ("target modules", ", ".join(sorted({m.split(".")[-1] for m in config.get("target_modules") or []}))),
+        ("target modules", target_modules(config.get("target_modules"))),
         ("steps", max((row["step"] for row in log if "step" in row), default=None)),
         ("train loss", next((row["train_loss"] for row in log if "train_loss" in row), None)),
         ("best validation loss", min((row["eval_loss"] for row in log if "eval_loss" in row), default=None)),
@@ -151,6 +158,8 @@ def model_card(
     trained_on = config.get("base_model_name_or_path") or ""
     base_model = trained_on if HUB_ID.match(trained_on) and not Path(trained_on).exists() else None
     quantized = " --load-in-4bit" if model_args.get("load_in_4bit") else ""
+    base_revision = model_args.get("model_revision") or "main"
+    at_revision = "" if base_revision == "main" else f" --revision {base_revision}"
     lm_eval_base = "$(finetune model-path embedded)" if base_name == EMBEDDED else base_name
     data = ModelCardData(
         base_model=base_model,
@@ -173,6 +182,7 @@ def model_card(
         base_model=base_model,
         base_name=base_name,
         revision=revision,
+        base_revision=None if merged or base_revision == "main" else base_revision,
         training=training_rows(config, log),
         merged=merged,
         results=results and results_rows(results),
@@ -180,7 +190,7 @@ def model_card(
         lm_eval_args=f"pretrained={repo}" if merged else f"pretrained={lm_eval_base},peft={repo}",
         evaluate_command=f"finetune evaluate --base {repo}"
         if merged
-        else f"finetune evaluate --base {base_name} --adapter {repo}{quantized}",
+        else f"finetune evaluate --base {base_name} --adapter {repo}{at_revision}{quantized}",
     )
 
 

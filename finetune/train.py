@@ -25,7 +25,15 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from finetune import FinetuneError
 from finetune.config import TaskArguments
-from finetune.data import Table, drop_too_long, load_task, prompt_completion, read_rows, training_sets
+from finetune.data import (
+    Table,
+    drop_too_long,
+    load_task,
+    prompt_completion,
+    read_rows,
+    training_sets,
+    training_task,
+)
 from finetune.launch import process_state, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
 from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
@@ -310,6 +318,7 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, res
     run with a checkpoint and `Interrupted`, whose message says how to resume."""
     out = Path(sft.output_dir)
     model_args.dtype = compute_dtype(sft)
+    training_task(task_args.task)
     tables = user_tables(task_args)
     check_base(model_args)
     check_lengths(tables, task_args, load_tokenizer(model_args), sft.max_length)

@@ -124,6 +124,17 @@ def test_an_unknown_task_is_named_with_the_known_ones(tmp_path: Path, capsys) ->
     )
 
 
+def test_training_takes_a_generative_task_by_its_name_before_anything_loads(tmp_path: Path, capsys) -> None:
+    train = ["train", str(TINY_CONFIG), "--model_name_or_path", str(tmp_path / "absent"), "--output_dir", str(tmp_path)]
+    assert error_of([*train, "--task", "tweet_sentiment_mc"], capsys) == (
+        "finetune train: error: --task tweet_sentiment_mc: a multiple_choice task; training takes a generative "
+        "variant (tweet_sentiment_gen)"
+    )
+    assert error_of([*train, "--task", "tweet_sentimnet"], capsys).startswith(
+        "finetune train: error: --task tweet_sentimnet: not a task to train on (tasks: tweet_sentiment_gen, "
+    )
+
+
 def test_a_misspelled_key_is_named_before_the_values_are_judged(tmp_path: Path, capsys) -> None:
     config = tmp_path / "mine.yaml"  # bf16 on a CPU would be refused too, but the typo is what the user must see
     config.write_text("model_name_or_path: embedded\nlora_rank: 8\n")

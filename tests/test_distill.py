@@ -3,6 +3,7 @@ compares teacher, student and the student trained on gold alone."""
 
 import csv
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -92,6 +93,50 @@ def test_a_second_run_reuses_labels_and_gold_only_student_and_filters_by_confide
     )
 
 
+def test_a_used_output_folder_is_refused_before_the_teacher_labels_anything_and_left_as_it_was(
+    distilled: Path, tiny_model_dir: Path, tiny_adapter_dir: Path, unlabeled_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = {path: path.read_bytes() for path in distilled.glob("*.json*")}
+    with pytest.raises(SystemExit):
+        distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, distilled, "--min_confidence", "0.5")
+    assert f"{distilled / 'student_train.jsonl'}: the file exists; pass --overwrite" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in distilled.glob("*.json*")} == before
+
+
+def test_resume_keeps_the_teacher_labels_and_finished_students_and_trains_what_is_missing(
+    distilled: Path, tiny_model_dir: Path, tiny_adapter_dir: Path, unlabeled_file: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"  # a run stopped while the gold-only student trained, before it saved a checkpoint
+    shutil.copytree(distilled, out, ignore=shutil.ignore_patterns("gold-only", "report"))
+    kept = {
+        path: path.stat().st_mtime_ns
+        for path in (out / "teacher_labels.jsonl", out / "student" / "adapter_model.safetensors")
+    }
+    distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, out, "--resume", "true")
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept, "neither labeled nor trained again"
+    assert (out / "gold-only" / "adapter_model.safetensors").is_file()
+    assert list(json.loads((out / "report" / "metrics.json").read_text())["results"]) == [
+        "base",
+        "teacher",
+        "student",
+        "gold-only",
+    ]
+
+
+def test_bad_unlabeled_rows_stop_the_run_with_their_line_or_are_skipped_when_asked(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, distilled: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    unlabeled = tmp_path / "unlabeled.jsonl"
+    unlabeled.write_text('{"text": "love it"}\n{"text": ""}\n{"text": "hate it"}\n')
+    gold_only = ("--gold_only_adapter", str(distilled / "gold-only"))
+    with pytest.raises(SystemExit):
+        distill(tiny_model_dir, tiny_adapter_dir, unlabeled, tmp_path / "stopped", *gold_only)
+    assert f"{unlabeled}:2: `text` is empty" in capsys.readouterr().err
+    out = tmp_path / "skipped"
+    distill(tiny_model_dir, tiny_adapter_dir, unlabeled, out, *gold_only, "--skip_bad_rows", "true")
+    assert [row["text"] for row in jsonl(out / "teacher_labels.jsonl")] == ["love it", "hate it"]
+
+
 def test_the_teacher_and_the_unlabeled_file_may_come_from_the_config_file(
     tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -101,6 +146,14 @@ def test_the_teacher_and_the_unlabeled_file_may_come_from_the_config_file(
     with pytest.raises(SystemExit):
         main(["distill", str(config), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "o")])
     assert f"{absent}: no such file" in capsys.readouterr().err  # parsed from the file, then read: it got that far
+
+
+def test_the_teachers_dtype_is_checked_in_the_config_file_too(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "distill.yaml"
+    config.write_text(TINY_CONFIG.read_text() + "teacher_adapter: a\nunlabeled_file: u.jsonl\nteacher_dtype: fp16\n")
+    with pytest.raises(SystemExit):
+        main(["distill", str(config), "--output_dir", str(tmp_path / "o")])
+    assert "teacher_dtype 'fp16' is not one of float32, bfloat16, float16" in capsys.readouterr().err
 
 
 def test_without_a_teacher_distill_says_what_to_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

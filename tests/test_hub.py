@@ -143,6 +143,17 @@ def test_a_card_for_the_embedded_base_links_its_upstream_model() -> None:
     assert "finetune evaluate --base embedded --adapter me/smol --load-in-4bit" in card.text
 
 
+def test_a_card_names_regex_target_modules_and_the_base_revision_the_adapter_was_trained_on() -> None:
+    config = {"base_model_name_or_path": "org/base", "r": 8, "target_modules": r"model\.layers\.2\d\..*_proj"}
+    model_args = {"model_name_or_path": "org/base", "model_revision": "v1", "load_in_4bit": False}
+    card = model_card("me/ad", config, model_args, [], None, False, None)
+    assert "| target modules | `model\\.layers\\.2\\d\\..*_proj` |" in card.text, "peft keeps a regex as one string"
+    assert "finetune evaluate --base org/base --adapter me/ad --revision v1\n" in card.text
+    assert "trained on the base at revision `v1`" in card.text
+    listed = model_card("me/ad", {**config, "target_modules": ["v_proj", "q_proj"]}, model_args, [], None, False, None)
+    assert "| target modules | q_proj, v_proj |" in listed.text
+
+
 # Refusals: each says what is wrong in one line, and nothing is committed.
 
 

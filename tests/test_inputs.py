@@ -238,6 +238,14 @@ def test_min_confidence_needs_a_confidence_and_says_when_nothing_is_left(tmp_pat
     )
 
 
+@pytest.mark.parametrize(("line", "got"), [('"confidence": NaN', "nan"), ('"confidence": "inf"', "'inf'")])
+def test_a_confidence_that_is_no_finite_number_passes_no_threshold(tmp_path: Path, line: str, got: str) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(f'{{"text": "a", "prediction": "positive", {line}}}\n')
+    with pytest.raises(BadInput, match=rf"^{path}:1: no number in `confidence` \(got {got}\)$"):
+        read_rows(path, label_column="prediction", min_confidence=0.9)
+
+
 def test_a_row_longer_than_the_model_takes_is_named_not_cut(tiny_model_dir: Path, tmp_path: Path) -> None:
     # trl would cut the answer off the end of such a row, and lm-eval the instruction off its start
     rows = [{"text": d["text"], "label": d["label"]} for d in DOCS]
