@@ -59,9 +59,10 @@ class TaskArguments:
     balance_length_groups: bool = field(
         default=True,
         metadata={
-            "help": "with train_sampling_strategy group_by_length on several processes, give every process rows "
-            "of the same lengths each step (transformers' order gives them batches of different lengths, and each "
-            "step waits for the longest)"
+            "help": "with train_sampling_strategy group_by_length, draw the order from the seed and the epoch (so "
+            "that a resumed run trains the rows the uninterrupted one would) and on several processes give every "
+            "process rows of the same lengths each step (false: transformers' order, whose processes get batches of "
+            "different lengths, each step waiting for the longest)"
         },
     )
     skip_bad_rows: bool = field(

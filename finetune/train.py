@@ -50,7 +50,9 @@ def compute_dtype(sft: SFTConfig) -> str:
     return "float32"
 
 
-def step_balanced_order(lengths: list[int], per_device: int, processes: int, mega_batch_mult: int) -> list[int]:
+def step_balanced_order(
+    lengths: list[int], per_device: int, processes: int, mega_batch_mult: int, generator: torch.Generator | None = None
+) -> list[int]:
     """transformers' length-grouped order over mega-batches of whole steps, each step's rows dealt one by one.
 
     accelerate hands a step's consecutive batches to the processes in turn; with transformers' order they are
@@ -58,7 +60,7 @@ def step_balanced_order(lengths: list[int], per_device: int, processes: int, meg
     GPUs at 2.96x one, `bench/ddp_balance.py`). Dealt this way, batch p of a step holds its sorted rows p, p + N,
     p + 2N..., as long as its neighbours' batches: no sampler of transformers or accelerate orders rows so."""
     world = per_device * processes
-    order = get_length_grouped_indices(lengths, world, mega_batch_mult=mega_batch_mult)
+    order = get_length_grouped_indices(lengths, world, mega_batch_mult=mega_batch_mult, generator=generator)
     dealt = []
     for start in range(0, len(order), world):
         step = order[start : start + world]
@@ -70,20 +72,29 @@ def step_balanced_order(lengths: list[int], per_device: int, processes: int, meg
 
 
 class StepBalancedSampler(Sampler[int]):
-    """`group_by_length` for several processes: each step's rows of the same lengths on every process.
-    Its mega-batches hold as many steps as transformers' single-process ones hold batches, so a process's batch
-    spans the same share of the sorted rows and pads as much as it would alone."""
+    """`group_by_length` drawn from the run's seed and the epoch, and on several processes with each step's rows
+    of the same lengths on every process. Its mega-batches hold as many steps as transformers' single-process
+    ones hold batches, so a process's batch spans the same share of the sorted rows and pads as much as it would
+    alone. transformers' own sampler draws from the global generator, whose state when a run resumed after its
+    first epoch is not the uninterrupted run's: the resumed epoch skipped the first batches of another order."""
 
-    def __init__(self, grouped: LengthGroupedSampler, per_device: int, processes: int) -> None:
+    def __init__(self, grouped: LengthGroupedSampler, per_device: int, processes: int, seed: int) -> None:
         self.lengths = grouped.lengths
         self.per_device, self.processes = per_device, processes
         self.mega_batch_mult = max(1, min(len(self.lengths) // (grouped.batch_size * 4), 50))  # transformers' rule
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the Trainer before each epoch, a resumed one included."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(step_balanced_order(self.lengths, self.per_device, self.processes, self.mega_batch_mult))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = step_balanced_order(self.lengths, self.per_device, self.processes, self.mega_batch_mult, generator)
+        return iter(order)
 
 
 class BenchmarkSFTTrainer(SFTTrainer):
@@ -112,9 +123,10 @@ class BenchmarkSFTTrainer(SFTTrainer):
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
         sampler = super()._get_train_sampler(train_dataset)
-        if self.balance_length_groups and self.args.world_size > 1 and isinstance(sampler, LengthGroupedSampler):
-            return StepBalancedSampler(sampler, self.args.train_batch_size, self.args.world_size)
-        return sampler
+        if not isinstance(sampler, LengthGroupedSampler) or not self.balance_length_groups:
+            return sampler
+        seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
+        return StepBalancedSampler(sampler, self.args.train_batch_size, self.args.world_size, seed)
 
     def validation_macro_f1(self) -> float:
         """Macro-F1 of the model as it is now on the validation rows, answered as `tweet_sentiment_mc` answers."""

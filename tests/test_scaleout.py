@@ -150,13 +150,23 @@ def test_on_one_process_the_balanced_order_is_transformers_length_grouped_order(
     assert step_balanced_order(LENGTHS, 32, 1, mega_batch_mult=8) == expected
 
 
+def test_the_length_grouped_order_follows_the_seed_and_the_epoch_not_the_global_generator() -> None:
+    sampler = StepBalancedSampler(LengthGroupedSampler(32, lengths=LENGTHS), 32, 1, seed=7)
+    torch.manual_seed(0)
+    first = list(sampler)
+    torch.manual_seed(1)
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(sampler) == sorted(first)
+
+
 def test_balanced_length_groups_give_every_process_batches_as_long_as_the_others_each_step() -> None:
     """transformers' grouping hands a step's processes batches of different lengths; the balanced order does not,
     and pads no more than one process alone would."""
     per_device, processes = 32, 4
     torch.manual_seed(0)
     grouped = LengthGroupedSampler(per_device, lengths=LENGTHS)
-    balanced = StepBalancedSampler(grouped, per_device, processes)
+    balanced = StepBalancedSampler(grouped, per_device, processes, seed=0)
     assert sorted(balanced) == list(range(len(LENGTHS))), "every row once an epoch"
 
     def balance(sampler) -> float:  # mean over slowest padded batch, as a step waits for its slowest process
