@@ -342,20 +342,22 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, res
         if trainer.is_world_process_zero():
             print(f"finetune train: {effective_batch(trainer.args)}", flush=True)
         trainer.train(resume_from_checkpoint=True if task_args.resume else None)
-    except BaseException:
+        stopped = stop.received is not None and trainer.state.global_step < trainer.state.max_steps
+        if stopped:
+            trainer.accelerator.wait_for_everyone()  # process zero's checkpoint is whole before any process exits
+        elif trainer.is_world_process_zero():
+            save_adapter(trainer, out, model_args, tables)
+        else:
+            trainer.save_model()  # a collective call under DeepSpeed and FSDP; only process zero writes
+    except BaseException:  # the run it replaces is put back, unless a signal stopped this one with a checkpoint
         if replaced is not None and stop.received is None:
             shutil.rmtree(out, ignore_errors=True)
             replaced.rename(out)
             replaced.parent.rmdir()
         raise
-    if stop.received is not None and trainer.state.global_step < trainer.state.max_steps:
-        trainer.accelerator.wait_for_everyone()  # process zero's checkpoint is whole before any process exits
+    if stopped:
         message = interrupted_message(stop.received, trainer.state, out, replaced, resume_command)
         raise Interrupted(message, stop.received)
-    if trainer.is_world_process_zero():
-        save_adapter(trainer, out, model_args, tables)
-    else:
-        trainer.save_model()  # a collective call under DeepSpeed and FSDP; only process zero writes
     if replaced is not None:
         shutil.rmtree(replaced.parent)
     return out
@@ -366,13 +368,17 @@ def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, tables
     renamed into it file by file: the checkpoints stay where the Trainer and `--resume` find them."""
     staging = out.with_name(f".{out.name}.final.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
-    save_model_args(model_args, staging)
-    write_training_log(trainer.state.log_history, staging)
-    if tables:  # `used`: after train_limit / eval_limit, which apply to the user's files too
-        used = {"train": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
-        report = {split: {**table.report(), "used": used[split]} for split, table in tables.items()}
-        (staging / DATA_REPORT).write_text(json.dumps(report, indent=1))
+    try:
+        trainer.save_model(str(staging))
+        save_model_args(model_args, staging)
+        write_training_log(trainer.state.log_history, staging)
+        if tables:  # `used`: after train_limit / eval_limit, which apply to the user's files too
+            used = {"train": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
+            report = {split: {**table.report(), "used": used[split]} for split, table in tables.items()}
+            (staging / DATA_REPORT).write_text(json.dumps(report, indent=1))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     move_into(staging, out)
 
 

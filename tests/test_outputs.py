@@ -1,12 +1,14 @@
 """Results are written beside their place and renamed in: a failure leaves the old result whole, and an existing
 result is replaced only with --overwrite. A training run's folder is continued only with --resume."""
 
+import errno
 import json
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
 
+import finetune.train
 from finetune import FinetuneError
 from finetune.cli import main
 from finetune.outputs import OutputExists, written
@@ -117,3 +119,22 @@ def test_a_used_run_folder_is_continued_only_with_resume_and_replaced_only_with_
                "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
     assert (out / "adapter_model.safetensors").read_bytes() != b"last week's adapter"
     assert siblings(out) == ["run"], "the replaced folder is gone once the new adapter is complete"
+
+
+def test_a_run_that_fails_while_writing_its_adapter_puts_the_run_it_replaces_back(
+    tiny_model_dir: Path, train_tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("last week's adapter")
+
+    def disk_full(*args) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(finetune.train, "write_training_log", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train_tiny(tiny_model_dir, out, "--overwrite", "true", "--max_steps", "1", "--eval_strategy", "no",
+                   "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
+    assert [p.name for p in out.iterdir()] == ["adapter_model.safetensors"]
+    assert (out / "adapter_model.safetensors").read_text() == "last week's adapter"
+    assert siblings(out) == ["run"], "no half-written adapter or hidden old run is left beside it"
