@@ -14,6 +14,7 @@ from finetune.data import TRAIN_TASK
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
+LOSS_METRICS = ("loss", "eval_loss")  # what the Trainer reads for load_best_model_at_end without a metric
 
 
 @dataclass
@@ -168,6 +169,12 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:
     parsed = parsed[: len(parser.dataclass_types)]
     if not parsed[-1].use_peft:  # trl's default is a full fine-tune, which this tool neither saves nor scores
         raise FinetuneError(f"{config or parser.prog}: finetune trains LoRA adapters: set use_peft: true")
+    task_args, sft = parsed[-3], parsed[-2]
+    if not task_args.validation_loss and sft.load_best_model_at_end and sft.metric_for_best_model in LOSS_METRICS:
+        raise FinetuneError(
+            f"{config or parser.prog}: validation_loss: false leaves no loss to keep the best checkpoint by: "
+            "set metric_for_best_model: macro_f1"
+        )
     return tuple(parsed)  # as the CLI's subparser, a Namespace of its defaults follows
 
 

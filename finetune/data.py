@@ -39,18 +39,22 @@ def load_task(name: str = TRAIN_TASK) -> Task:
     return task_manager().load([name])["tasks"][name]
 
 
-def training_task(name: str) -> Task:
-    """The task whose prompt and answer make the training text. Its target must be the answer's words, as a
-    generative variant's is: a multiple-choice variant's target is the index of a choice."""
+def check_training_task(name: str, own_train: bool = False, own_validation: bool = False) -> None:
+    """The task whose prompt and answer make the training text, judged from its YAML before any data loads. Its
+    target must be the answer's words, as a generative variant's is (a multiple-choice variant's is the index of
+    a choice), and the splits it lacks must come from the user's files (`own_train`, `own_validation`)."""
     manager = task_manager()
     if name not in manager.all_subtasks:
         raise BadInput(f"--task {name}: not a task to train on (tasks: {', '.join(manager.all_subtasks)})")
-    task = manager.load([name])["tasks"][name]
-    if task.config.output_type != "generate_until":
+    config = manager.task_index[name].cfg or {}
+    if config.get("output_type") != "generate_until":
         raise BadInput(
-            f"--task {name}: a {task.config.output_type} task; training takes a generative variant ({TRAIN_TASK})"
+            f"--task {name}: a {config.get('output_type')} task; training takes a generative variant ({TRAIN_TASK})"
         )
-    return task
+    splits = (("train", "training_split", own_train), ("validation", "validation_split", own_validation))
+    missing = [f"--{split}_file" for split, key, own in splits if not (config.get(key) or own)]
+    if missing:
+        raise BadInput(f"--task {name}: a test-only variant; train with {TRAIN_TASK} or give {' and '.join(missing)}")
 
 
 def prompt_completion(task: Task, docs: Iterable[dict], limit: int | None = None) -> datasets.Dataset:

@@ -13,7 +13,7 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from trl import ModelConfig, SFTConfig
 
 from finetune.config import DistillArguments, TaskArguments
-from finetune.data import Table, read_rows, training_task
+from finetune.data import Table, check_training_task, load_task, read_rows
 from finetune.evaluate import Evaluation, check_tasks, evaluate
 from finetune.model import base_config
 from finetune.outputs import check_output, written
@@ -32,7 +32,8 @@ REPORT = "report"
 def gold_rows(task_args: TaskArguments) -> list[dict]:
     """The gold rows both students learn from: the user's --train_file, else the task's pinned train split."""
     tables = user_tables(task_args)
-    docs = tables["train"].rows if "train" in tables else training_task(task_args.task).training_docs()
+    check_training_task(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
+    docs = tables["train"].rows if "train" in tables else load_task(task_args.task).training_docs()
     return list(islice(docs, task_args.train_limit))
 
 

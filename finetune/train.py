@@ -27,12 +27,12 @@ from finetune import FinetuneError
 from finetune.config import TaskArguments
 from finetune.data import (
     Table,
+    check_training_task,
     drop_too_long,
     load_task,
     prompt_completion,
     read_rows,
     training_sets,
-    training_task,
 )
 from finetune.launch import process_state, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
@@ -330,7 +330,7 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, res
     run with a checkpoint and `Interrupted`, whose message says how to resume."""
     out = Path(sft.output_dir)
     model_args.dtype = compute_dtype(sft)
-    training_task(task_args.task)
+    check_training_task(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
     tables = user_tables(task_args)
     check_base(model_args)
     check_lengths(tables, task_args, load_tokenizer(model_args), sft.max_length)

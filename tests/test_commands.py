@@ -133,6 +133,10 @@ def test_training_takes_a_generative_task_by_its_name_before_anything_loads(tmp_
     assert error_of([*train, "--task", "tweet_sentimnet"], capsys).startswith(
         "finetune train: error: --task tweet_sentimnet: not a task to train on (tasks: tweet_sentiment_gen, "
     )
+    assert error_of([*train, "--task", "tweet_sentiment_gen_full"], capsys) == (
+        "finetune train: error: --task tweet_sentiment_gen_full: a test-only variant; train with tweet_sentiment_gen "
+        "or give --train_file and --validation_file"
+    )
 
 
 def test_a_misspelled_key_is_named_before_the_values_are_judged(tmp_path: Path, capsys) -> None:

@@ -38,6 +38,16 @@ def test_a_config_without_use_peft_is_refused_before_any_model_loads(tmp_path: P
         parse_train_args([str(config)])
 
 
+def test_without_the_validation_loss_the_best_checkpoint_needs_another_metric(tmp_path: Path) -> None:
+    config = tmp_path / "no-metric.yaml"  # the Trainer's default for load_best_model_at_end is the loss
+    config.write_text(TINY_CONFIG.read_text().replace("metric_for_best_model: macro_f1\n", ""))
+    with pytest.raises(FinetuneError, match=f"{config}: validation_loss: false leaves no loss .* macro_f1$"):
+        parse_train_args([str(config), "--validation_loss", "false"])
+    with pytest.raises(FinetuneError, match="validation_loss: false leaves no loss"):
+        parse_train_args([str(TINY_CONFIG), "--validation_loss", "false", "--metric_for_best_model", "loss"])
+    assert parse_train_args([str(TINY_CONFIG), "--validation_loss", "false"])[0].validation_loss is False
+
+
 def test_config_flags_override_the_yaml() -> None:
     task_args, sft, model_args = parse_train_args([str(TINY_CONFIG), "--lora_r", "4", "--train_limit", "10"])
     assert (model_args.lora_r, task_args.train_limit, sft.max_steps) == (4, 10, 6)
