@@ -82,7 +82,8 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.model import base_config, merge
 
-    print(merge(base_config(args.base, args.dtype, revision=args.revision), args.adapter, args.out, args.overwrite))
+    base = base_config(args.base, args.dtype, revision=args.revision)
+    print(merge(base, args.adapter, args.out, args.overwrite, args.allow_other_base))
 
 
 def _predict(args: argparse.Namespace, rest: list[str]) -> None:
@@ -97,6 +98,7 @@ def _predict(args: argparse.Namespace, rest: list[str]) -> None:
         args.batch_size,
         skip_bad_rows=args.skip_bad_rows,
         overwrite=args.overwrite,
+        allow_other_base=args.allow_other_base,
     )
     if _first_process():
         print(f"labeled {count} rows into {args.output} (rows read and skipped: {report_path(args.output)})")
@@ -160,6 +162,17 @@ def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "fl
         )
 
 
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return number
+
+
+def _allow_other_base_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
+
+
 def _overwrite_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what is already at the output path")
 
@@ -181,9 +194,9 @@ def build_parser() -> TrlParser:
     _model_flags(p, "base")
     p.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder or Hub id; repeatable")
     p.add_argument("--tasks", nargs="+", default=["tweet_sentiment"], help="task or group names")
-    p.add_argument("--limit", type=int, help="score only the first N rows of each variant")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
+    p.add_argument("--limit", type=positive_int, help="score only the first N rows of each variant")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    _allow_other_base_flag(p)
     p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     _overwrite_flag(p)
     add_launch_args(p)
@@ -193,6 +206,7 @@ def build_parser() -> TrlParser:
     _model_flags(p, "base", "bfloat16", quantize=False)
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", type=Path, required=True)
+    _allow_other_base_flag(p)
     _overwrite_flag(p)
     p.set_defaults(run=_merge)
 
@@ -201,7 +215,8 @@ def build_parser() -> TrlParser:
     p.add_argument("--adapter")
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="labeled JSON Lines; a .report.json goes beside it")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    _allow_other_base_flag(p)
     p.add_argument(
         "--skip-bad-rows",
         action="store_true",

@@ -162,10 +162,16 @@ def check_fits(source: str, model_args: ModelConfig) -> None:
     from the config alone, on accelerate's empty (meta) weights."""
     try:
         config = AutoConfig.from_pretrained(source, revision=model_args.model_revision)
-    except (OSError, ValueError):
-        return  # a Hub id this machine cannot reach: loading will say why
-    with init_empty_weights():
-        empty = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as err:  # a name with one slash that is no folder is taken for a Hub id
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FinetuneError(f"{model_args.model_name_or_path}: no such folder, and no Hub model to be had ({why})")
+    try:
+        with init_empty_weights():
+            empty = AutoModelForCausalLM.from_config(config)
+    except ValueError:
+        raise FinetuneError(
+            f"{model_args.model_name_or_path}: a {config.model_type} model, not a causal language model"
+        ) from None
     if model_args.load_in_4bit or model_args.load_in_8bit:  # accelerate sizes no k-bit dtype: a share of 16 bits
         bits = 4 if model_args.load_in_4bit else 8
         form, need = f"{bits} bits", compute_module_sizes(empty, dtype=torch.float16)[""] * bits // 16
@@ -245,10 +251,12 @@ def check_adapter_fits(
                 )
 
 
-def merge(model_args: ModelConfig, adapter: str, out: Path, overwrite: bool = False) -> Path:
+def merge(
+    model_args: ModelConfig, adapter: str, out: Path, overwrite: bool = False, allow_other_base: bool = False
+) -> Path:
     """Fold the adapter into a copy of the base: a plain model for any runtime, no peft needed."""
     with written(out, overwrite) as staging:
-        merged = load_model(model_args, {"adapter": adapter}).merge_and_unload()
+        merged = load_model(model_args, {"adapter": adapter}, allow_other_base).merge_and_unload()
         merged.save_pretrained(staging)
         own_tokenizer = (Path(adapter) / "tokenizer_config.json").exists()
         tokenizer = AutoTokenizer.from_pretrained(adapter) if own_tokenizer else load_tokenizer(model_args)

@@ -73,6 +73,7 @@ def predict(
     skip_bad_rows: bool = False,
     text_column: str = "text",
     overwrite: bool = False,
+    allow_other_base: bool = False,
 ) -> int:
     """Label every usable row of `source` into `dest` (JSON Lines), with a report beside it; the model is loaded
     as `finetune evaluate` loads it, and only after the input and the output have been checked. Several processes
@@ -80,7 +81,7 @@ def predict(
     for path in (dest, report_path(dest)):
         check_output(path, overwrite)
     table = read_rows(source, text_column=text_column, skip_bad_rows=skip_bad_rows)
-    model = load_model(model_args, {"adapter": adapter} if adapter else None)
+    model = load_model(model_args, {"adapter": adapter} if adapter else None, allow_other_base)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
     drop_too_long(table, scored_lengths(lm, table.rows), lm.max_length, skip_bad_rows)
     state = process_state()

@@ -4,7 +4,7 @@ loaded: a misspelled flag names the closest known one."""
 from pathlib import Path
 
 import pytest
-from transformers import LlamaConfig
+from transformers import LlamaConfig, ViTConfig
 
 from finetune.cli import main
 
@@ -29,6 +29,8 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         (["predict", "--input", "a.jsonl", "--output", "b.jsonl", "--batchsize", "2"], "(did you mean --batch-size?)"),
         (["train", str(TINY_CONFIG), "--lora_r", "abc"], "argument --lora_r/--lora-r: invalid int value: 'abc'"),
         (["predict", "--input", "a.jsonl"], "the following arguments are required: --output"),
+        (["evaluate", "--limit", "0"], "argument --limit: 0 is not a positive whole number"),
+        (["predict", "--input", "a", "--output", "b", "--batch-size", "-2"], "-2 is not a positive whole number"),
         (["train", "no-such-preset"], "no config file 'no-such-preset' and no preset of that name (presets: "),
     ],
 )
@@ -64,6 +66,11 @@ def test_bad_base_models_are_named_before_loading(tmp_path: Path, capsys) -> Non
     (no_weights / "model.Q4_1.gguf").write_bytes(b"GGUF")
     no_config = tmp_path / "no-config"
     no_config.mkdir()
+    not_causal = tmp_path / "vit"  # weights present, but no causal LM class takes its config
+    ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(
+        not_causal
+    )
+    (not_causal / "model.safetensors").write_bytes(b"")
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "hello"}\n')
     cases = {
@@ -72,15 +79,15 @@ def test_bad_base_models_are_named_before_loading(tmp_path: Path, capsys) -> Non
         str(no_weights): "no weights in this folder (no *.safetensors or *.bin) (only GGUF: model.Q4_1.gguf; "
         "transformers loads it with gguf_file=)",
         str(no_config): "no config.json in this folder, so it is not a Hugging Face model folder",
+        str(not_causal): "a vit model, not a causal language model",
+        "nowhere/merged": "no such folder, and no Hub model to be had (",
     }
     for base, why in cases.items():
         out = tmp_path / "out.jsonl"
-        assert error_of(["predict", "--model", base, "--input", str(source), "--output", str(out)], capsys) == (
-            f"finetune predict: error: {base}: {why}"
-        )
-        assert error_of(["train", str(TINY_CONFIG), "--model_name_or_path", base], capsys) == (
-            f"finetune train: error: {base}: {why}"
-        )
+        predict = error_of(["predict", "--model", base, "--input", str(source), "--output", str(out)], capsys)
+        assert predict.startswith(f"finetune predict: error: {base}: {why}")
+        train = error_of(["train", str(TINY_CONFIG), "--model_name_or_path", base], capsys)
+        assert train.startswith(f"finetune train: error: {base}: {why}")
 
 
 def test_a_model_too_big_for_this_machine_is_refused_from_its_config_alone(tmp_path: Path, capsys) -> None:

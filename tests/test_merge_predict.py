@@ -3,6 +3,7 @@ benchmark's multiple-choice variant answers it."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,25 @@ from finetune.model import base_config
 from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
 ROWS = 8
+
+
+def test_predict_and_merge_take_an_adapter_for_a_base_of_another_name_only_when_allowed(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    renamed = shutil.copytree(tiny_model_dir, tmp_path / "a-local-copy")  # the same weights under another name
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "what a day"}\n')
+    predict = ["predict", "--model", str(renamed), "--adapter", str(tiny_adapter_dir), "--input", str(source),
+               "--output", str(tmp_path / "labeled.jsonl")]  # fmt: skip
+    merge = ["merge", "--base", str(renamed), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path / "merged")]
+    for refused in (predict, merge):
+        with pytest.raises(SystemExit):
+            main(refused)
+        assert "(pass --allow-other-base if they are the same model)" in capsys.readouterr().err
+    main([*predict, "--allow-other-base"])
+    main([*merge, "--allow-other-base"])
+    assert len((tmp_path / "labeled.jsonl").read_text().splitlines()) == 1
+    assert (tmp_path / "merged" / "config.json").is_file()
 
 
 def test_merged_model_loads_plainly_and_matches_the_adapter(
