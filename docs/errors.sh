@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every bad input of docs/errors.md through the real CLI and prints each command with what it printed, as
-# Markdown. Usage: [PYTHON=.venv/bin/python] bash docs/errors.sh [WORKDIR] > out.md  (CPU, offline; ~15 min on 2 cores)
+# Markdown. Usage: [PYTHON=.venv/bin/python] [TWEET_SENTIMENT_DATA_DIR=DIR] bash docs/errors.sh [WORKDIR] > out.md
+# (CPU, offline; ~15 min on 2 cores; with the source data folder, its train split's empty text is shown too)
 # Library warnings and progress bars are filtered out (NOISE); everything `finetune` itself prints is kept.
 set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -64,9 +65,9 @@ show "An unknown label (and an empty text) in a training file" finetune train em
 show "... skipped on request: labels as words (any case) or indices" finetune train embedded-cpu-quick --train_file mine.csv --output_dir runs/mine --skip_bad_rows true --max_steps 1 --eval_strategy no --save_strategy no --load_best_model_at_end false
 echo '```console'; echo '$ cat runs/mine/data_report.json'; cat runs/mine/data_report.json; echo; echo '```'; echo
 show "A row longer than max_length" finetune train embedded-cpu-quick --train_file long_line.jsonl --output_dir runs/long
-SOURCE="$(cd "$REPO/.." && pwd)/shared/data/tweet_sentiment_extraction/train.jsonl"
-if [ -f "$SOURCE" ]; then
-  show "The source train split's one empty text (fdb77c3752)" finetune train embedded-cpu-quick --train_file "$SOURCE" --output_dir runs/full
+if [ -f "${TWEET_SENTIMENT_DATA_DIR:-}/train.jsonl" ]; then  # the source split, where the user keeps it
+  ln -sfn "$TWEET_SENTIMENT_DATA_DIR" DATA_DIR
+  show "The source train split's one empty text (fdb77c3752)" finetune train embedded-cpu-quick --train_file DATA_DIR/train.jsonl --output_dir runs/full
 fi
 
 echo "## Commands"; echo

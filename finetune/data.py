@@ -35,8 +35,18 @@ def task_manager() -> TaskManager:
     return TaskManager(include_path=str(tasks_path()), include_defaults=False)
 
 
+def load_tasks(names: list[str], manager: TaskManager | None = None) -> dict[str, Task]:
+    """The tasks (a group's too) with their data: a data folder without the file, a data set out of reach or a
+    task named twice is one line, before any model loads."""
+    try:
+        return (manager or task_manager()).load(names)["tasks"]
+    except (OSError, ValueError) as err:
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInput(f"{'task' if len(names) == 1 else 'tasks'} {', '.join(names)}: {why}") from None
+
+
 def load_task(name: str = TRAIN_TASK) -> Task:
-    return task_manager().load([name])["tasks"][name]
+    return load_tasks([name])[name]
 
 
 def check_training_task(name: str, own_train: bool = False, own_validation: bool = False) -> None:

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from trl import ModelConfig
 
 from finetune import FinetuneError
-from finetune.data import TASK_GROUP, task_manager
+from finetune.data import TASK_GROUP, load_tasks, task_manager
 from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
 from finetune.report import BASE_NAME
@@ -93,11 +93,13 @@ def run_benchmark(
 
 
 def check_tasks(tasks: Iterable[str]) -> TaskManager:
-    """Unknown task names, refused before any model loads (and, in `distill`, before anything trains)."""
+    """Unknown task names and tasks whose data cannot be had, refused before any model loads (and, in `distill`,
+    before anything trains)."""
     manager = task_manager()
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
         raise FinetuneError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(manager.all_tasks)})")
+    load_tasks(list(tasks), manager)
     return manager
 
 

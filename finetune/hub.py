@@ -84,14 +84,15 @@ def publish_files(folder: Path, patterns: list[str]) -> list[str]:
 
 def report_results(report: Path, adapter: Path) -> dict:
     """The base's and this adapter's metrics, and the rows scored, from a `finetune evaluate` report.
-    The adapter is found by its folder, or (a report made elsewhere) by the folder's name."""
+    The adapter is found by its folder, or (a report made elsewhere, whose folders are not here) by the folder's
+    name."""
     path = report / METRICS
     if not path.is_file():
         raise HubError(f"{report} has no {METRICS}: run `finetune evaluate --adapter {adapter} --out {report}`")
     metrics = json.loads(path.read_text())
     sources = metrics["adapters"]
     names = [n for n, s in sources.items() if Path(s).exists() and Path(s).resolve() == adapter.resolve()]
-    names = names or [n for n, s in sources.items() if Path(s).name == adapter.name]
+    names = names or [n for n, s in sources.items() if not Path(s).exists() and Path(s).name == adapter.name]
     if len(names) != 1:
         held = ", ".join(sources.values()) or "none"
         raise HubError(
@@ -160,6 +161,11 @@ def model_card(
     quantized = " --load-in-4bit" if model_args.get("load_in_4bit") else ""
     base_revision = model_args.get("model_revision") or "main"
     at_revision = "" if base_revision == "main" else f" --revision {base_revision}"
+    # On a branch: a merged model is named with its revision; an adapter is downloaded first, since lm-eval's
+    # `revision=` and `finetune evaluate --revision` are the base's
+    on_branch = f",revision={revision}" if merged and revision else ""
+    adapter = f"{repo.split('/')[1]}-{revision}" if revision and not merged else repo
+    download = f"hf download {repo} --revision {revision} --local-dir {adapter}" if adapter != repo else None
     lm_eval_base = "$(finetune model-path embedded)" if base_name == EMBEDDED else base_name
     data = ModelCardData(
         base_model=base_model,
@@ -187,10 +193,11 @@ def model_card(
         merged=merged,
         results=results and results_rows(results),
         rows=results and ", ".join(f"{variant}: {n} rows" for variant, n in sorted(results["rows"].items())),
-        lm_eval_args=f"pretrained={repo}" if merged else f"pretrained={lm_eval_base},peft={repo}",
-        evaluate_command=f"finetune evaluate --base {repo}"
+        download=download,
+        lm_eval_args=f"pretrained={repo}{on_branch}" if merged else f"pretrained={lm_eval_base},peft={adapter}",
+        evaluate_command=f"finetune evaluate --base {repo}{f' --revision {revision}' if revision else ''}"
         if merged
-        else f"finetune evaluate --base {base_name} --adapter {repo}{at_revision}{quantized}",
+        else f"finetune evaluate --base {base_name} --adapter {adapter}{at_revision}{quantized}",
     )
 
 
@@ -206,6 +213,11 @@ def upload(api: HfApi, repo: str, operations: list[CommitOperationAdd], private:
     """Create the repo (and branch) if needed, then send every file in a single commit."""
     try:
         api.create_repo(repo, private=private, exist_ok=True)
+        if private and not api.repo_info(repo).private:  # create_repo leaves an existing repo's visibility as it is
+            raise HubError(
+                f"{repo} exists and is public, which --private does not change: make it private on the Hub first, "
+                "or push without --private; no commit was made"
+            )
         if revision:
             api.create_branch(repo, branch=revision, exist_ok=True)
         return api.create_commit(

@@ -155,7 +155,8 @@ class HubServer:
                 files = sorted(commit.files.items())
                 return 200, [{"type": "file", "path": p, "size": len(d), "oid": git_blob_id(d)} for p, d in files], {}
             siblings = [{"rfilename": path, "size": len(data)} for path, data in sorted(commit.files.items())]
-            return 200, {"id": repo_id, "sha": commit.oid, "siblings": siblings, "private": False}, {}
+            private = self.find(repo_id).private
+            return 200, {"id": repo_id, "sha": commit.oid, "siblings": siblings, "private": private}, {}
         if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
             commit = self.find("/".join(parts[:2])).resolve(parts[3])
             data = commit.files.get("/".join(parts[4:]))

@@ -131,6 +131,19 @@ def test_an_unknown_task_is_named_with_the_known_ones(tmp_path: Path, capsys) ->
     )
 
 
+def test_a_task_whose_data_cannot_be_had_or_a_task_listed_twice_is_one_line(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWEET_SENTIMENT_DATA_DIR", str(tmp_path))  # a folder without the source's test.jsonl
+    evaluate = ["evaluate", "--base", str(tmp_path / "absent"), "--out", str(tmp_path / "report"), "--tasks"]
+    assert error_of([*evaluate, "tweet_sentiment_full"], capsys) == (
+        f"finetune evaluate: error: task tweet_sentiment_full: Unable to find '{tmp_path / 'test.jsonl'}'"
+    )
+    assert error_of([*evaluate, "tweet_sentiment", "tweet_sentiment_gen"], capsys).startswith(
+        "finetune evaluate: error: tasks tweet_sentiment, tweet_sentiment_gen: Duplicate task 'tweet_sentiment_gen'"
+    )
+
+
 def test_training_takes_a_generative_task_by_its_name_before_anything_loads(tmp_path: Path, capsys) -> None:
     train = ["train", str(TINY_CONFIG), "--model_name_or_path", str(tmp_path / "absent"), "--output_dir", str(tmp_path)]
     assert error_of([*train, "--task", "tweet_sentiment_mc"], capsys) == (

@@ -88,7 +88,18 @@ def test_a_branch_and_a_private_repo(api: HfApi, hub: HubServer, tiny_adapter_di
     (commit,) = hub.pushed(f"{USER}/on-a-branch")
     assert repo.private and repo.branches["v2"] == commit.oid
     assert set(repo.resolve("main").files) == {".gitattributes"}
-    assert "branch `v2`" in commit.files["README.md"].decode()
+    card = commit.files["README.md"].decode()
+    assert "branch `v2`" in card and "hf download tester/on-a-branch --revision v2 --local-dir on-a-branch-v2\n" in card
+    assert "--adapter on-a-branch-v2\n" in card, "the branch's files, downloaded: evaluate's --revision is the base's"
+
+
+def test_private_is_refused_for_a_repo_that_exists_and_is_public(
+    api: HfApi, hub: HubServer, tiny_adapter_dir: Path
+) -> None:
+    push(api, tiny_adapter_dir, f"{USER}/public")
+    with pytest.raises(HubError, match=f"^{USER}/public exists and is public, which --private does not change"):
+        push(api, tiny_adapter_dir, f"{USER}/public", private=True)
+    assert len(hub.pushed(f"{USER}/public")) == 1
 
 
 def test_merged_model_is_published_instead_of_the_adapter(
@@ -173,6 +184,18 @@ def test_a_report_without_this_adapter_is_refused(api: HfApi, tiny_adapter_dir: 
     (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "adapters": {"other": "/elsewhere/other"}}))
     with pytest.raises(HubError, match=f"^{tmp_path / 'metrics.json'} has no results for adapter {tiny_adapter_dir}"):
         push(api, tiny_adapter_dir, f"{USER}/x", report=tmp_path)
+
+
+def test_a_report_names_an_adapter_by_its_folder_name_only_when_its_folders_are_not_here(
+    api: HfApi, tiny_adapter_dir: Path, report: Path, tmp_path: Path
+) -> None:
+    namesake = shutil.copytree(tiny_adapter_dir, tmp_path / "elsewhere" / tiny_adapter_dir.name)  # another run
+    with pytest.raises(HubError, match="has no results for adapter"):
+        push(api, namesake, f"{USER}/namesake", report=report)
+    metrics = json.loads((report / "metrics.json").read_text())
+    moved = {name: f"/made/on/another/machine/{Path(path).name}" for name, path in metrics["adapters"].items()}
+    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "adapters": moved}))
+    assert push(api, namesake, f"{USER}/namesake", report=tmp_path)
 
 
 def test_a_namespace_the_token_may_not_write_to(api: HfApi, hub: HubServer, tiny_adapter_dir: Path) -> None:
