@@ -2,7 +2,7 @@
 pinned 3,200 training rows (or another task's) tokenized as the trainer tokenizes them (SmolLM2's tokenizer, which
 the 8B-shaped benchmark also uses), ordered by the samplers transformers builds (`LengthGroupedSampler`,
 `RandomSampler`, `BatchRebalanceSampler`) or `finetune train` builds under DDP (`balanced`: `StepBalancedSampler`,
-what `group_by_length` becomes on several processes unless `--balance_length_groups false`), and dealt to the
+what `group_by_length` becomes unless `--balance_length_groups false`), and dealt to the
 processes as accelerate deals them (`BatchSamplerShard`).
 
     python bench/ddp_balance.py [--per-device 128] [--processes 1 2 4] [--steps 50] [--seed 42] [--task TASK]
@@ -55,8 +55,9 @@ def rank_batches(kind: str, lengths: list[int], per_device: int, processes: int,
             sampler = RandomSampler(lengths, generator=torch.Generator().manual_seed(seed + epoch))
         else:
             sampler = LengthGroupedSampler(per_device, lengths=lengths)
-            if kind == "balanced" and processes > 1:
-                sampler = StepBalancedSampler(sampler, per_device, processes)
+            if kind == "balanced":  # as `finetune train` orders group_by_length, on one process too
+                sampler = StepBalancedSampler(sampler, per_device, processes, seed)
+                sampler.set_epoch(epoch)
         yield from BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=False), processes, rank)
 
 
