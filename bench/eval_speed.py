@@ -93,12 +93,13 @@ def run_setting(
     manager: TaskManager,
     limit: int | None = None,
     profile_dir: Path | None = None,
-) -> list:
+) -> tuple[list, int]:
     """Every task for the base, then for base + adapter, with one model per setting loaded as
-    `finetune evaluate` loads it (on the GPU where there is one)."""
+    `finetune evaluate` loads it (on the GPU where there is one); the rows measured and how many tasks failed
+    (a task failing, e.g. a `_full` one without its data, must not lose the others' numbers)."""
     model_args = base_config(base, setting.dtype)
     tokenizer = load_tokenizer(model_args)
-    rows = []
+    rows, failed = [], 0
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
     score(lm, manager, PINNED[0], limit=16)  # warm-up: CUDA context, cuBLAS handles, allocator
@@ -109,22 +110,29 @@ def run_setting(
         for task in tasks:
             name = state if not setting.merged or state == BASE_NAME else "merged"
             profile = profile_dir / f"profile-{setting}-{name}-{task}.txt".replace(":", "-") if profile_dir else None
-            with active(model, state):
-                row = score(lm, manager, task, limit, profile)
+            try:
+                with active(model, state):
+                    row = score(lm, manager, task, limit, profile)
+            except Exception:  # noqa: BLE001 - said, counted, and the exit status says so
+                traceback.print_exc()
+                failed += 1
+                continue
             row.update(setting=str(setting), model=name)
             rows.append(row)
             print("RESULT", row, flush=True)
     del lm, model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return rows
+    return rows, failed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="embedded", help="Hub id, folder or `embedded`")
     parser.add_argument("--adapter", help="LoRA adapter folder or Hub id")
-    parser.add_argument("--settings", nargs="+", default=["float32:16", "bfloat16:256"], type=Setting.parse)
+    parser.add_argument(  # argparse does not pass a default through `type`
+        "--settings", nargs="+", default=[Setting.parse(s) for s in ("float32:16", "bfloat16:256")], type=Setting.parse
+    )
     parser.add_argument("--tasks", nargs="+", default=[*PINNED, *FULL])
     parser.add_argument("--full-data", type=Path, help="folder with the source's test.jsonl (mteb layout)")
     parser.add_argument("--limit", type=int, help="score only the first N rows of each variant (a smoke test)")
@@ -139,12 +147,16 @@ def main() -> None:
     manager = task_manager()
     env = benchlib.environment()
     print("ENV", env, flush=True)
-    rows = []
+    rows, failed = [], 0
     for setting in args.settings:
         try:
-            rows += run_setting(setting, args.base, args.adapter, args.tasks, manager, args.limit, profile_dir)
+            measured, failures = run_setting(
+                setting, args.base, args.adapter, args.tasks, manager, args.limit, profile_dir
+            )
+            rows, failed = rows + measured, failed + failures
         except Exception:  # noqa: BLE001 - one setting failing must not lose the others' numbers
             traceback.print_exc()
+            failed += 1
     header = "| setting | model | task | rows | seconds | rows/s | acc | macro-F1 | invalid | answer tokens | unended |"
     print("\n" + header + "\n" + "|---" * 11 + "|")
     for r in rows:
@@ -154,6 +166,8 @@ def main() -> None:
               f"{tokens} |")  # fmt: skip
     if args.out:
         benchlib.write_json(args.out / "eval-speed.json", rows, env)
+    if failed:
+        raise SystemExit(f"{failed} setting(s) or task(s) failed (tracebacks above); the table holds the rest")
 
 
 if __name__ == "__main__":
