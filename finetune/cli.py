@@ -14,6 +14,7 @@ from finetune.launch import (
     SPREAD_COMMANDS,
     add_launch_args,
     launch_flags,
+    positive_int,
     relaunch,
     split_launch_args,
     wants_launch,
@@ -162,13 +163,6 @@ def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "fl
         )
 
 
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return number
-
-
 def _allow_other_base_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
 
@@ -267,8 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     """Parse, run (or run again on several processes through accelerate's launcher), and turn the errors a user
     can fix into one line on stderr, without a traceback: exit 2, or 128 + the signal's number for a training
     run stopped by a signal."""
-    launch, argv = split_launch_args(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    try:
+        launch, argv = split_launch_args(sys.argv[1:] if argv is None else argv)
+    except FinetuneError as err:
+        parser.error(str(err))
     args, rest = parser.parse_known_args(argv)
     args.launch = launch
     if args.command in ("train", "distill"):  # trl's parser reads the config file and every flag itself

@@ -26,10 +26,20 @@ USE_CPU = "ACCELERATE_USE_CPU"
 LAUNCH_FLAGS = "FINETUNE_LAUNCH_FLAGS"
 
 
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return number
+
+
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("several processes, one host (accelerate launch)")
     group.add_argument(
-        "--num-processes", "--num_processes", type=int, help="processes to run, one a GPU (gloo CPU processes without)"
+        "--num-processes",
+        "--num_processes",
+        type=positive_int,
+        help="processes to run, one a GPU (gloo CPU processes without); with --accelerate-config alone, one a GPU",
     )
     group.add_argument(
         "--accelerate-config",
@@ -44,9 +54,12 @@ def shipped_configs() -> dict[str, Path]:
 
 def split_launch_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The launch flags, and the command line without them (what each launched process runs)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     add_launch_args(parser)
-    return parser.parse_known_args(argv)
+    try:
+        return parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise FinetuneError(str(err)) from None
 
 
 def launch_flags(launch: argparse.Namespace) -> list[str]:
@@ -91,8 +104,8 @@ def relaunch(argv: list[str], launch: argparse.Namespace) -> None:
         flags += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         if (launch.num_processes or 1) > 1:
             flags.append("--multi_gpu")  # torch's elastic launcher, also for gloo CPU processes
-    if launch.num_processes is not None:
-        flags += ["--num_processes", str(launch.num_processes)]
+    # the shipped configs name no number of processes, which accelerate's launcher then demands
+    flags += ["--num_processes", str(launch.num_processes or max(torch.cuda.device_count(), 1))]
     if not torch.cuda.is_available():
         os.environ[USE_CPU] = "true"
     os.environ[LAUNCH_FLAGS] = shlex.join(launch_flags(launch))  # for the launched processes only
@@ -100,6 +113,8 @@ def relaunch(argv: list[str], launch: argparse.Namespace) -> None:
         launch_command(launch_command_parser().parse_args([*flags, "--module", "finetune.cli", *argv]))
     except ChildFailedError as err:
         raise launch_failure(err) from None
+    except ValueError as err:  # what accelerate's launcher says of a config and flags that do not agree
+        raise FinetuneError(f"accelerate launch: {' '.join(str(err).split())}") from None
     finally:
         os.environ.pop(LAUNCH_FLAGS, None)
 

@@ -2,6 +2,7 @@
 against a base, and merging."""
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -139,6 +140,8 @@ def check_base(model_args: ModelConfig) -> str:
     name = model_args.model_name_or_path
     if not name:
         raise FinetuneError("no base model: set model_name_or_path in the config or pass --model_name_or_path")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
+        raise FinetuneError("a 4-bit or 8-bit base needs bitsandbytes (and a GPU): pip install -e '.[gpu]'")
     source = resolve_model(name)
     path = Path(source).expanduser()
     if path.is_file():

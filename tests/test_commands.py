@@ -1,6 +1,7 @@
 """Mistakes on the command line and in model paths end in one line that says what is wrong, before any model is
 loaded: a misspelled flag names the closest known one."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,20 @@ def test_training_takes_a_generative_task_by_its_name_before_anything_loads(tmp_
     assert error_of([*train, "--task", "tweet_sentiment_gen_full"], capsys) == (
         "finetune train: error: --task tweet_sentiment_gen_full: a test-only variant; train with tweet_sentiment_gen "
         "or give --train_file and --validation_file"
+    )
+
+
+def test_launch_flags_are_judged_before_the_command_and_in_one_line(capsys) -> None:
+    assert error_of(["evaluate", "--num-processes", "0"], capsys) == (
+        "finetune: error: argument --num-processes/--num_processes: 0 is not a positive whole number"
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed here")
+def test_a_4_bit_base_without_bitsandbytes_says_what_to_install(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    evaluate = ["evaluate", "--base", str(tiny_model_dir), "--load-in-4bit", "--out", str(tmp_path / "report")]
+    assert error_of(evaluate, capsys) == (
+        "finetune evaluate: error: a 4-bit or 8-bit base needs bitsandbytes (and a GPU): pip install -e '.[gpu]'"
     )
 
 

@@ -124,6 +124,15 @@ def test_an_unknown_accelerate_config_is_named(capsys: pytest.CaptureFixture) ->
     )
 
 
+def test_a_shipped_accelerate_config_alone_runs_one_process_a_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The shipped configs name no number of processes (accelerate's launcher would demand one): one a GPU, or
+    one process on a machine without."""
+    report = tmp_path / "report"
+    python("-m", "finetune.cli", "evaluate", "--base", str(tiny_model_dir), "--accelerate-config", "ddp",
+           "--tasks", "tweet_sentiment_mc", "--limit", "2", "--out", str(report))  # fmt: skip
+    assert json.loads((report / "metrics.json").read_text())["rows"] == {"tweet_sentiment_mc": 2}
+
+
 def test_fsdp_qlora_packs_the_4_bit_weights_in_bf16_and_refuses_fp16() -> None:
     model_args = base_config("meta-llama/Llama-3.1-8B-Instruct", "bfloat16", load_in_4bit=True)
     shard_4bit_weights(model_args)
