@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=1, help="first steps left out of the profile")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the GPU profile's text file")
     args, extra = parser.parse_known_args()
+    if not 1 <= args.skip < args.steps:  # the window opens when step `skip` ends and must close on a later one
+        parser.error(f"--skip must be at least 1 and below --steps ({args.steps}), got {args.skip}")
     task_args, sft, model_args = parse_train_args([args.preset, "--output_dir", tempfile.mkdtemp(prefix="profile-"),
         "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra])  # fmt: skip
