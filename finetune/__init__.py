@@ -6,3 +6,9 @@ class FinetuneError(Exception):
     without a traceback, while Python callers can catch it like any other error."""
 
     exit_code = 2
+
+
+def first_line(err: BaseException) -> str:
+    """What a library's error says first (huggingface_hub's and datasets' run to many lines), or its type."""
+    said = str(err).strip()
+    return said.splitlines()[0] if said else type(err).__name__

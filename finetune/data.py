@@ -19,7 +19,7 @@ from lm_eval.api.task import Task
 from lm_eval.tasks import TaskManager
 
 import lm_eval_tasks
-from finetune import FinetuneError
+from finetune import FinetuneError, first_line
 from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
 TASK_GROUP = "tweet_sentiment"
@@ -41,8 +41,7 @@ def load_tasks(names: list[str], manager: TaskManager | None = None) -> dict[str
     try:
         return (manager or task_manager()).load(names)["tasks"]
     except (OSError, ValueError) as err:
-        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInput(f"{'task' if len(names) == 1 else 'tasks'} {', '.join(names)}: {why}") from None
+        raise BadInput(f"{'task' if len(names) == 1 else 'tasks'} {', '.join(names)}: {first_line(err)}") from None
 
 
 def load_task(name: str = TRAIN_TASK) -> Task:

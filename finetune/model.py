@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from trl import ModelConfig, get_quantization_config
 from trl.trainer.utils import create_model_from_path
 
-from finetune import FinetuneError
+from finetune import FinetuneError, first_line
 from finetune.launch import process_state, under_fsdp
 from finetune.outputs import written
 
@@ -166,7 +166,7 @@ def check_fits(source: str, model_args: ModelConfig) -> None:
     try:
         config = AutoConfig.from_pretrained(source, revision=model_args.model_revision)
     except (OSError, ValueError) as err:  # a name with one slash that is no folder is taken for a Hub id
-        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        why = first_line(err)
         raise FinetuneError(f"{model_args.model_name_or_path}: no such folder, and no Hub model to be had ({why})")
     try:
         with init_empty_weights():
