@@ -9,12 +9,30 @@ pinned validation rows, scored as `finetune train` scores checkpoints, and saves
 
 import argparse
 
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+
 from finetune.data import load_task
 from finetune.evaluate import adapter_names, language_model
 from finetune.model import base_config, load_model, load_tokenizer
 from finetune.predict import PREDICT_TASK, choice_macro_f1
 
 SOUP = "default"  # peft saves the adapter of this name at the folder's top, where evaluate looks
+
+
+def make_soup(model: PeftModel, names: list[str]) -> None:
+    """Adds adapter SOUP, the uniform soup of `names`. peft (0.21.2, its issue #3761) folds each member's scale into
+    the soup's weights and gives the soup alpha = r, a scale of 1, but the soup inherits `use_rslora`, which makes
+    its scale sqrt(r): reset here. DoRA and LoRA biases are no sum of low-rank factors, so no soup is made of them."""
+    configs = [model.peft_config[name] for name in names]
+    if any(config.use_dora or config.lora_bias for config in configs):
+        raise SystemExit("adapter_soup: DoRA adapters or LoRA biases cannot be averaged by stacking their factors")
+    model.add_weighted_adapter(names, [1 / len(names)] * len(names), SOUP, combination_type="cat")
+    if model.peft_config[SOUP].use_rslora:
+        model.peft_config[SOUP].use_rslora = False
+        for module in model.modules():
+            if isinstance(module, LoraLayer) and SOUP in module.scaling:
+                module.scaling[SOUP] = 1.0
 
 
 def main() -> None:
@@ -27,7 +45,7 @@ def main() -> None:
     names = adapter_names(args.adapters)
     model_args = base_config(args.base)
     model = load_model(model_args, names)
-    model.add_weighted_adapter(list(names), [1 / len(names)] * len(names), SOUP, combination_type="cat")
+    make_soup(model, list(names))
     model.save_pretrained(args.out, selected_adapters=[SOUP])
     lm = language_model(model, load_tokenizer(model_args), args.batch_size)
     task = load_task(PREDICT_TASK)

