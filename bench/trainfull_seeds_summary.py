@@ -3,6 +3,7 @@ the pinned validation rows (what picks a recipe) beside its scores on test (what
 mean of each recipe's seeds. The picture shows whether validation ranks the runs the way the full test split does.
 
     python bench/trainfull_seeds_summary.py OUT    (writes OUT/validation-vs-test.png)
+    python bench/trainfull_seeds_summary.py OUT --validation-only    (a DEV_SIZE sweep: no test scores)
 """
 
 import argparse
@@ -28,11 +29,30 @@ def validation(out: Path, name: str) -> float:
     return max(entry["eval_macro_f1"] for entry in log if "eval_macro_f1" in entry)
 
 
+def recipe_of(run: str) -> str:
+    return run.rsplit("-s", 1)[0]
+
+
+def print_validation(out: Path, runs: list[str]) -> None:
+    """Each run's validation macro-F1 and each recipe's mean over its seeds, best mean first."""
+    scores = {name: validation(out, name) for name in runs}
+    for name, score in scores.items():
+        print(f"{name} | validation macro-F1 {score:.4f}")
+    means = {r: statistics.mean(scores[n] for n in runs if recipe_of(n) == r) for r in {recipe_of(n) for n in runs}}
+    for name, mean in sorted(means.items(), key=lambda item: -item[1]):
+        print(f"mean of {name} | {mean:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    out = parser.parse_args().out
+    parser.add_argument("--validation-only", action="store_true")
+    args = parser.parse_args()
+    out = args.out
     runs = [line.split()[0] for line in (out / "runs.txt").read_text().splitlines()]
+    if args.validation_only:
+        print_validation(out, runs)
+        return
     tests = json.loads((out / "report/metrics.json").read_text())["results"]
     tests |= json.loads((out / "soup-report/metrics.json").read_text())["results"]
     rows = {name: (validation(out, name), tests[name]) for name in runs + sorted(n for n in tests if "soup-" in n)}
@@ -41,16 +61,16 @@ def main() -> None:
     for name, (val, test) in rows.items():
         print(f"{name} | {val:.4f} | {test['tweet_sentiment_mc']['macro_f1']:.4f} | "
               f"{test['tweet_sentiment_mc_full']['acc']:.4f}")  # fmt: skip
-    recipes = sorted({name.rsplit("-s", 1)[0] for name in runs})
+    recipes = sorted({recipe_of(name) for name in runs})
     for recipe in recipes:
-        seeds = [rows[name] for name in runs if name.rsplit("-s", 1)[0] == recipe]
+        seeds = [rows[name] for name in runs if recipe_of(name) == recipe]
         print(f"mean of {recipe} ({len(seeds)} seeds) | {statistics.mean(v for v, _ in seeds):.4f} | "
               f"{statistics.mean(t['tweet_sentiment_mc']['macro_f1'] for _, t in seeds):.4f} | "
               f"{statistics.mean(t['tweet_sentiment_mc_full']['acc'] for _, t in seeds):.4f}")  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for i, recipe in enumerate(recipes):
-        members = [name for name in rows if name.rsplit("-s", 1)[0] == recipe]
+        members = [name for name in rows if recipe_of(name) == recipe]
         soup = [f"soup-{recipe}"]
         for names, marker, size, label in ((members, "o", 50, recipe), (soup, "*", 180, f"{recipe} soup")):
             points = [(rows[name][0], rows[name][1]["tweet_sentiment_mc_full"]["acc"]) for name in names]
