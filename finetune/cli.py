@@ -22,6 +22,7 @@ from finetune.launch import (
 
 RUN_FLAGS = ("--resume", "--overwrite")
 BOOLEANS = ("true", "false", "yes", "no", "1", "0")
+ADAPTER_HELP = "LoRA adapter folder, or Hub id[@REVISION] (the adapter's branch, tag or commit, not the base's)"
 
 
 class Parser(TrlParser):
@@ -186,7 +187,7 @@ def build_parser() -> TrlParser:
 
     p = sub.add_parser("evaluate", help="score a base and adapters on tweet_sentiment through lm-eval")
     _model_flags(p, "base")
-    p.add_argument("--adapter", action="append", default=[], help="LoRA adapter folder or Hub id; repeatable")
+    p.add_argument("--adapter", action="append", default=[], help=f"{ADAPTER_HELP}; repeatable")
     p.add_argument("--tasks", nargs="+", default=["tweet_sentiment"], help="task or group names")
     p.add_argument("--limit", type=positive_int, help="score only the first N rows of each variant")
     p.add_argument("--batch-size", type=positive_int, default=16)
@@ -198,7 +199,7 @@ def build_parser() -> TrlParser:
 
     p = sub.add_parser("merge", help="fold an adapter into a standalone 16-bit model")
     _model_flags(p, "base", "bfloat16", quantize=False)
-    p.add_argument("--adapter", required=True)
+    p.add_argument("--adapter", required=True, help=ADAPTER_HELP)
     p.add_argument("--out", type=Path, required=True)
     _allow_other_base_flag(p)
     _overwrite_flag(p)
@@ -206,7 +207,7 @@ def build_parser() -> TrlParser:
 
     p = sub.add_parser("predict", help="label unlabeled text (.jsonl or .csv with a `text` field)")
     _model_flags(p, "model")
-    p.add_argument("--adapter")
+    p.add_argument("--adapter", help=ADAPTER_HELP)
     p.add_argument("--input", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True, help="labeled JSON Lines; a .report.json goes beside it")
     p.add_argument("--batch-size", type=positive_int, default=16)

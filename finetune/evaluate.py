@@ -34,8 +34,9 @@ class Evaluation:
 
 
 def adapter_names(adapters: list[str]) -> dict[str, str]:
-    """Short unique display names: a folder's name or a Hub id, numbered where two clash, "." written "_"
-    because peft makes each name a module's name, which torch refuses with a dot (`runs/llama-3.1-8b-qlora`)."""
+    """Short unique display names: a folder's name or a Hub id as given (`ID@REVISION` kept whole, so two
+    revisions of one repo are two rows), numbered where two clash, "." written "_" because peft makes each name a
+    module's name, which torch refuses with a dot (`runs/llama-3.1-8b-qlora`)."""
     names: dict[str, str] = {}
     for source in adapters:
         name = (source.rstrip("/").split("/")[-1] if Path(source).exists() else source).replace(".", "_")

@@ -161,11 +161,12 @@ def model_card(
     quantized = " --load-in-4bit" if model_args.get("load_in_4bit") else ""
     base_revision = model_args.get("model_revision") or "main"
     at_revision = "" if base_revision == "main" else f" --revision {base_revision}"
-    # On a branch: a merged model is named with its revision; an adapter is downloaded first, since lm-eval's
-    # `revision=` and `finetune evaluate --revision` are the base's
+    # On a branch: a merged model is named with its revision, an adapter as `--adapter ID@BRANCH`; lm-eval's
+    # `revision=` is the base's too, so its command reads the adapter's branch from a download
     on_branch = f",revision={revision}" if merged and revision else ""
     adapter = f"{repo.split('/')[1]}-{revision}" if revision and not merged else repo
     download = f"hf download {repo} --revision {revision} --local-dir {adapter}" if adapter != repo else None
+    evaluate_adapter = f"{repo}@{revision}" if revision else repo
     lm_eval_base = "$(finetune model-path embedded)" if base_name == EMBEDDED else base_name
     data = ModelCardData(
         base_model=base_model,
@@ -197,7 +198,7 @@ def model_card(
         lm_eval_args=f"pretrained={repo}{on_branch}" if merged else f"pretrained={lm_eval_base},peft={adapter}",
         evaluate_command=f"finetune evaluate --base {repo}{f' --revision {revision}' if revision else ''}"
         if merged
-        else f"finetune evaluate --base {base_name} --adapter {adapter}{at_revision}{quantized}",
+        else f"finetune evaluate --base {base_name} --adapter {evaluate_adapter}{at_revision}{quantized}",
     )
 
 

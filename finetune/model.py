@@ -121,14 +121,28 @@ def load_model(
     )
     for name, source in adapters.items():
         check_adapter_fits(model, model_args.model_name_or_path, source, configs[name], allow_other_base)
-    if not adapters:
-        return model
-    names = iter(adapters.items())
-    first, source = next(names)
-    model = PeftModel.from_pretrained(model, source, adapter_name=first)
-    for name, source in names:
-        model.load_adapter(source, adapter_name=name)
+    for name, source in adapters.items():
+        model = attach_adapter(model, name, source)
     return model
+
+
+def adapter_at(source: str) -> tuple[str, dict[str, str]]:
+    """What peft loads for `--adapter`, and how: a folder that exists is a folder, even with '@' in its name;
+    otherwise `ID@REVISION` (a branch, tag, `refs/pr/N` or commit) is the Hub id, split at the first '@' (a Hub id
+    has none, a branch may), and peft's `revision=` for that adapter alone, since `--revision` is the base's."""
+    if Path(source).exists() or "@" not in source:
+        return source, {}
+    model_id, revision = source.split("@", 1)
+    return model_id, {"revision": revision}
+
+
+def attach_adapter(model: PreTrainedModel | PeftModel, name: str, source: str) -> PeftModel:
+    """The first adapter wraps the base in peft's model; each later one is loaded beside it, under its own name."""
+    model_id, at = adapter_at(source)
+    if isinstance(model, PeftModel):
+        model.load_adapter(model_id, adapter_name=name, **at)
+        return model
+    return PeftModel.from_pretrained(model, model_id, adapter_name=name, **at)
 
 
 WEIGHTS = ("*.safetensors", "*.bin")
@@ -215,8 +229,9 @@ def save_model_args(model_args: ModelConfig, out: Path) -> None:
 def read_adapter_config(source: str) -> PeftConfig:
     """peft's config of an adapter folder or Hub repo; peft says only "can't find" for a missing repo
     and for an unreachable Hub alike, so the message names both."""
+    model_id, at = adapter_at(source)
     try:
-        return PeftConfig.from_pretrained(source)
+        return PeftConfig.from_pretrained(model_id, **at)
     except ValueError as err:
         raise FinetuneError(
             f"no adapter at {source}: not a folder with adapter_config.json, nor a Hub repo reachable from here ({err})"
@@ -239,7 +254,8 @@ def check_adapter_fits(
             "(pass --allow-other-base if they are the same model)"
         )
     modules = dict(model.named_modules())
-    for key, weight in load_peft_weights(source, device="cpu").items():
+    model_id, at = adapter_at(source)
+    for key, weight in load_peft_weights(model_id, device="cpu", **at).items():
         for part, dim, attr in (("lora_A", 1, "in_features"), ("lora_B", 0, "out_features")):
             if f".{part}." not in key:
                 continue

@@ -141,8 +141,13 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     for model, variants in results.items():
         for variant, metrics in variants.items():
             cells = " | ".join(f"{metrics[m]:.3f}" for m in SHOWN_METRICS)
-            lines.append(f"| {model} | {variant} | {cells} |")
+            lines.append(f"| {cell(model)} | {cell(variant)} | {cells} |")
     return "\n".join(lines)
+
+
+def cell(text: str) -> str:
+    """A name as a Markdown table cell: an unescaped `|` (a folder may be named `a|b`) would end the cell early."""
+    return text.replace("|", "\\|")
 
 
 def plot_comparison(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:

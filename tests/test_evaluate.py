@@ -14,7 +14,7 @@ from trl import ModelConfig
 import finetune.model as model_module
 from finetune import FinetuneError
 from finetune.evaluate import BASE_NAME, active, evaluate
-from finetune.model import AdapterMismatch, base_config, check_fits, load_model
+from finetune.model import AdapterMismatch, adapter_at, base_config, check_fits, load_model
 from finetune.report import write_report
 
 
@@ -55,6 +55,21 @@ def test_an_adapter_folder_with_dots_in_its_name_is_scored(
     evaluation = evaluate(base_config(str(tiny_model_dir)), [str(dotted)], tasks=("tweet_sentiment_mc",), limit=4)
     assert evaluation.adapters == {"llama-3_1-8b-qlora": str(dotted)}
     assert len(evaluation.pairs["llama-3_1-8b-qlora"]["tweet_sentiment_mc"]) == 4
+
+
+def test_a_folder_with_an_at_sign_in_its_name_is_a_folder_not_a_hub_revision(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    folder = shutil.copytree(tiny_adapter_dir, tmp_path / "tiny-adapter@v2")
+    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(folder)], tasks=("tweet_sentiment_mc",), limit=4)
+    assert evaluation.adapters == {"tiny-adapter@v2": str(folder)}
+    assert len(evaluation.pairs["tiny-adapter@v2"]["tweet_sentiment_mc"]) == 4
+
+
+def test_a_hub_revision_may_be_a_pull_request_ref_or_a_branch_with_an_at_sign() -> None:
+    assert adapter_at("me/ad@refs/pr/3") == ("me/ad", {"revision": "refs/pr/3"})
+    assert adapter_at("me/ad@exp@2") == ("me/ad", {"revision": "exp@2"})  # a Hub id has no '@', a branch may
+    assert adapter_at("me/ad") == ("me/ad", {})
 
 
 def test_base_is_loaded_once_for_a_comparison_of_two_adapters(

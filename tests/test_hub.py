@@ -17,6 +17,7 @@ import torch
 from hub_server import HubServer
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from finetune.evaluate import evaluate
@@ -90,7 +91,8 @@ def test_a_branch_and_a_private_repo(api: HfApi, hub: HubServer, tiny_adapter_di
     assert set(repo.resolve("main").files) == {".gitattributes"}
     card = commit.files["README.md"].decode()
     assert "branch `v2`" in card and "hf download tester/on-a-branch --revision v2 --local-dir on-a-branch-v2\n" in card
-    assert "--adapter on-a-branch-v2\n" in card, "the branch's files, downloaded: evaluate's --revision is the base's"
+    assert ",peft=on-a-branch-v2\n" in card, "lm-eval reads the branch from the download: its revision= is the base's"
+    assert "--adapter tester/on-a-branch@v2\n" in card, "finetune evaluate names the adapter's branch itself"
 
 
 def test_private_is_refused_for_a_repo_that_exists_and_is_public(
@@ -234,6 +236,31 @@ def test_evaluate_from_the_hub_reproduces_the_published_numbers(
     from_hub = json.loads((out / "metrics.json").read_text())
     assert from_hub["adapters"] == {f"{USER}/round-trip": f"{USER}/round-trip"}
     assert from_hub["results"][f"{USER}/round-trip"] == report_results(report, tiny_adapter_dir)["adapter"]
+
+
+def test_evaluate_scores_the_adapter_on_the_branch_that_id_at_revision_names(
+    api: HfApi, hub: HubServer, tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    stronger = shutil.copytree(tiny_adapter_dir, tmp_path / "stronger")  # another adapter: LoRA's update x20
+    weights = load_file(stronger / "adapter_model.safetensors")
+    save_file({k: w * 20 if "lora_B" in k else w for k, w in weights.items()}, stronger / "adapter_model.safetensors")
+    push(api, tiny_adapter_dir, f"{USER}/two-versions")
+    push(api, stronger, f"{USER}/two-versions", revision="v2")
+    here = evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir), str(stronger)], limit=4)
+    assert here.results["tiny-adapter"] != here.results["stronger"], "the two adapters must score apart"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN)
+    out, main, branch = tmp_path / "from-hub", f"{USER}/two-versions", f"{USER}/two-versions@v2"
+    run = subprocess.run(
+        [sys.executable, "-m", "finetune.cli", "evaluate", "--base", str(tiny_model_dir), "--adapter", main,
+         "--adapter", branch, "--limit", "4", "--out", str(out)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    from_hub = json.loads((out / "metrics.json").read_text())
+    assert from_hub["adapters"] == {main: main, branch: branch}, "one row per revision, each named with it"
+    assert from_hub["results"][main] == here.results["tiny-adapter"]
+    assert from_hub["results"][branch] == here.results["stronger"]
 
 
 def test_merge_and_push_merged_fold_the_adapter_into_its_base_at_the_revision_it_was_trained_on(

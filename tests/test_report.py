@@ -2,6 +2,7 @@
 that scores below its base."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.cli import main
 from finetune.evaluate import Evaluation
-from finetune.report import BASE_NAME, warnings
+from finetune.report import BASE_NAME, table, warnings
 from lm_eval_tasks.tweet_sentiment.utils import macro_f1
 
 ROWS = 20
@@ -64,3 +65,10 @@ def test_an_adapter_below_its_base_is_flagged_and_a_sound_one_is_not() -> None:
     assert warnings(evaluation) == [
         f"worse · tweet_sentiment_mc: macro-F1 {macro_f1(worse):.3f} is below the base's {macro_f1(base):.3f}"
     ]
+
+
+def test_a_name_with_a_pipe_stays_in_its_own_table_cell() -> None:
+    metrics = {"tweet_sentiment_mc": {"acc": 0.5, "macro_f1": 0.4, "invalid": 0.0}}
+    lines = table({BASE_NAME: metrics, "lr|2e-4": metrics}).splitlines()
+    assert "| lr\\|2e-4 | tweet_sentiment_mc | 0.500 | 0.400 | 0.000 |" in lines
+    assert {len(re.split(r"(?<!\\)\|", line)) for line in lines} == {7}, "every row has the header's cells"
