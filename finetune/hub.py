@@ -17,7 +17,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from finetune import FinetuneError
 from finetune.model import EMBEDDED, EMBEDDED_UPSTREAM, MODEL_ARGS
-from finetune.report import BASE_NAME, LOSS_PLOT, METRICS, read_training_log
+from finetune.report import BASE_NAME, LOSS_PLOT, METRICS, cell, read_training_log
 from lm_eval_tasks.tweet_sentiment.utils import HUB_DATASET, HUB_REVISION
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -137,6 +137,7 @@ def training_rows(config: dict, log: list[dict]) -> list[tuple[str, str]]:
     rows = [
         ("LoRA rank r", config.get("r")),
         ("lora_alpha", config.get("lora_alpha")),
+        ("rank-stabilized (scale lora_alpha / √r)", config.get("use_rslora") or None),
         ("lora_dropout", config.get("lora_dropout")),
         ("target modules", target_modules(config.get("target_modules"))),
         ("steps", max((row["step"] for row in log if "step" in row), default=None)),
@@ -144,7 +145,7 @@ def training_rows(config: dict, log: list[dict]) -> list[tuple[str, str]]:
         ("best validation loss", min((row["eval_loss"] for row in log if "eval_loss" in row), default=None)),
     ]
     return [
-        (name, f"{value:.4g}" if isinstance(value, float) else str(value))
+        (name, cell(f"{value:.4g}" if isinstance(value, float) else str(value)))
         for name, value in rows
         if value not in (None, "")
     ]

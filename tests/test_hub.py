@@ -165,6 +165,14 @@ def test_a_card_names_regex_target_modules_and_the_base_revision_the_adapter_was
     assert "trained on the base at revision `v1`" in card.text
     listed = model_card("me/ad", {**config, "target_modules": ["v_proj", "q_proj"]}, model_args, [], None, False, None)
     assert "| target modules | q_proj, v_proj |" in listed.text
+    assert "rank-stabilized" not in listed.text
+
+
+def test_a_card_table_keeps_a_regex_with_alternatives_in_one_cell_and_says_the_adapter_is_rank_stabilized() -> None:
+    config = {"base_model_name_or_path": "org/base", "r": 256, "use_rslora": True, "target_modules": r".*(q|v)_proj"}
+    card = model_card("me/ad", config, {"model_name_or_path": "org/base"}, [], None, False, None)
+    assert "| target modules | `.*(q\\|v)_proj` |" in card.text
+    assert "| rank-stabilized (scale lora_alpha / √r) | True |" in card.text
 
 
 # Refusals: each says what is wrong in one line, and nothing is committed.
