@@ -21,9 +21,13 @@ recipes_file=${2:-$here/trainfull_sweep4.txt}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export ft=${FINETUNE:-finetune} out  # the command; e.g. FINETUNE="python3 -m finetune.cli" (package on PYTHONPATH)
-mapfile -t recipes < <(grep -v '^#' "$recipes_file" | cut -d' ' -f1)
 declare -A args
-while read -r name flags; do args[$name]=$flags; done < <(grep -v '^#' "$recipes_file")
+recipes=()
+while read -r name flags; do
+  [[ -z $name || $name == \#* ]] && continue
+  recipes+=("$name"); args[$name]=$flags
+done < "$recipes_file"
+[ ${#recipes[@]} -gt 0 ] || { echo "$recipes_file: no recipe lines (NAME --flag value ...)" >&2; exit 2; }
 log() { echo "=== $(date -u +%FT%TZ) $*" | tee -a "$out/steps.log"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
@@ -34,10 +38,10 @@ for recipe in "${recipes[@]}"; do
   for seed in ${SEEDS:-42 1 2}; do echo "$recipe-s$seed --seed $seed ${args[$recipe]}"; done
 done > "$out/runs.txt"
 
-export dev_flags=""
+export dev_split=""
 if [ -n "${DEV_SIZE:-}" ]; then
-  python3 "$here/dev_split.py" "$out/split" --size "$DEV_SIZE" | tee -a "$out/device.txt"
-  dev_flags="--train_file $out/split/train.jsonl --validation_file $out/split/dev.jsonl"
+  dev_split="$out/split"
+  python3 "$here/dev_split.py" "$dev_split" --size "$DEV_SIZE" | tee -a "$out/device.txt"
 fi
 
 log "train $(wc -l < "$out/runs.txt") runs, ${PARALLEL:-6} at a time"
@@ -45,7 +49,8 @@ log "train $(wc -l < "$out/runs.txt") runs, ${PARALLEL:-6} at a time"
 xargs -P "${PARALLEL:-6}" -d '\n' -n 1 bash -c 'set -- $1; name=$1; shift
   echo "=== $(date -u +%FT%TZ) start $name" >> "$out/steps.log"
   $ft train embedded-gpu-trainfull --eval_strategy epoch --save_strategy epoch --disable_tqdm true --overwrite true \
-    --output_dir "$out/$name" "$@" $dev_flags > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
+    --output_dir "$out/$name" "$@" \
+    ${dev_split:+--train_file "$dev_split/train.jsonl" --validation_file "$dev_split/dev.jsonl"} > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
   echo "=== $(date -u +%FT%TZ) end $name" >> "$out/steps.log"' _ < "$out/runs.txt"
 
 if [ -n "${DEV_SIZE:-}" ]; then

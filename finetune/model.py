@@ -133,6 +133,9 @@ def adapter_at(source: str) -> tuple[str, dict[str, str]]:
     if Path(source).exists() or "@" not in source:
         return source, {}
     model_id, revision = source.split("@", 1)
+    if Path(model_id).exists():  # peft would read the folder and drop the revision without a word
+        raise FinetuneError(f"--adapter {source}: {model_id} is a folder here, which has no revisions; to score the "
+                            f"Hub's {model_id} at {revision}, run from another folder")  # fmt: skip
     return model_id, {"revision": revision}
 
 

@@ -72,6 +72,15 @@ def test_a_hub_revision_may_be_a_pull_request_ref_or_a_branch_with_an_at_sign() 
     assert adapter_at("me/ad") == ("me/ad", {})
 
 
+def test_a_revision_of_an_id_that_is_also_a_local_folder_is_refused_not_read_from_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "me" / "ad").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FinetuneError, match="me/ad is a folder here"):
+        adapter_at("me/ad@v2")
+
+
 def test_base_is_loaded_once_for_a_comparison_of_two_adapters(
     tiny_model_dir: Path,
     tiny_adapter_dir: Path,
