@@ -92,6 +92,13 @@ VARIANTS: dict[str, Variant] = {
     "fast-random": Variant(
         SEED_PRESET, (*fast(128), "--train_sampling_strategy", "random"), 14, 4, "fast without length grouping"
     ),
+    "fast-tforder": Variant(
+        SEED_PRESET,
+        (*fast(128), "--balance_length_groups", "false"),
+        14,
+        4,
+        "fast in transformers' own length-grouped order (drawn from the global generator, not from seed + epoch)",
+    ),
     "fast-rebalance": Variant(
         SEED_PRESET,
         (*fast(128), "--train_sampling_strategy", "batch_rebalance"),
