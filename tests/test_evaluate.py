@@ -48,22 +48,20 @@ def test_swapping_adapters_on_one_base_matches_loading_each_alone(
     assert not torch.allclose(seen["first"], seen["second"])
 
 
-def test_an_adapter_folder_with_dots_in_its_name_is_scored(
-    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("folder", "name"),
+    [
+        ("llama-3.1-8b-qlora", "llama-3_1-8b-qlora"),  # peft makes the name a module's, which may not hold a dot
+        ("tiny-adapter@v2", "tiny-adapter@v2"),  # a folder that exists is a folder, not ID@REVISION on the Hub
+    ],
+)
+def test_an_adapter_folder_with_dots_or_an_at_sign_in_its_name_is_scored(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, folder: str, name: str
 ) -> None:
-    dotted = shutil.copytree(tiny_adapter_dir, tmp_path / "llama-3.1-8b-qlora")
-    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(dotted)], tasks=("tweet_sentiment_mc",), limit=4)
-    assert evaluation.adapters == {"llama-3_1-8b-qlora": str(dotted)}
-    assert len(evaluation.pairs["llama-3_1-8b-qlora"]["tweet_sentiment_mc"]) == 4
-
-
-def test_a_folder_with_an_at_sign_in_its_name_is_a_folder_not_a_hub_revision(
-    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
-) -> None:
-    folder = shutil.copytree(tiny_adapter_dir, tmp_path / "tiny-adapter@v2")
-    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(folder)], tasks=("tweet_sentiment_mc",), limit=4)
-    assert evaluation.adapters == {"tiny-adapter@v2": str(folder)}
-    assert len(evaluation.pairs["tiny-adapter@v2"]["tweet_sentiment_mc"]) == 4
+    copy = shutil.copytree(tiny_adapter_dir, tmp_path / folder)
+    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(copy)], tasks=("tweet_sentiment_mc",), limit=4)
+    assert evaluation.adapters == {name: str(copy)}
+    assert len(evaluation.pairs[name]["tweet_sentiment_mc"]) == 4
 
 
 def test_a_hub_revision_may_be_a_pull_request_ref_or_a_branch_with_an_at_sign() -> None:
