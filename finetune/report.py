@@ -74,8 +74,9 @@ def fill_report(evaluation: "Evaluation", out: Path) -> str:
 
 def warnings(evaluation: "Evaluation") -> list[str]:
     """What a table of scores hides: answers that collapsed onto one label, and adapters that score below the base
-    (both were seen: an adapter answering `neutral` for 295 of 300 rows, its macro-F1 down from 0.45 to 0.22)."""
-    found = []
+    (both were seen: an adapter answering `neutral` for 295 of 300 rows, its macro-F1 down from 0.45 to 0.22), and
+    a label that no scored gold row has (a `--limit` run), whose F1 counts as 0 in every model's macro-F1."""
+    found = absent_labels(next(iter(evaluation.pairs.values()), {}))
     base = evaluation.results.get(BASE_NAME, {})
     for model, per_variant in evaluation.pairs.items():
         for variant, pairs in per_variant.items():
@@ -89,6 +90,20 @@ def warnings(evaluation: "Evaluation") -> list[str]:
             ours, theirs = evaluation.results[model][variant]["macro_f1"], base.get(variant, {}).get("macro_f1")
             if model != BASE_NAME and theirs is not None and ours < theirs:
                 found.append(f"{model} · {variant}: macro-F1 {ours:.3f} is below the base's {theirs:.3f}")
+    return found
+
+
+def absent_labels(per_variant: dict[str, list[tuple[int, int]]]) -> list[str]:
+    """The gold rows are the same for every model, so one model's pairs tell."""
+    found = []
+    for variant, pairs in per_variant.items():
+        missing = sorted(set(range(len(LABELS))) - {gold for gold, _ in pairs})
+        if pairs and missing:
+            names = ", ".join(f"`{LABELS[i]}`" for i in missing)
+            found.append(
+                f"{variant}: no gold row of {names} among the {len(pairs)} scored; macro-F1 counts its F1 as 0 "
+                f"(at most {(len(LABELS) - len(missing)) / len(LABELS):.2f} is reachable)"
+            )
     return found
 
 

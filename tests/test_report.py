@@ -67,6 +67,21 @@ def test_an_adapter_below_its_base_is_flagged_and_a_sound_one_is_not() -> None:
     ]
 
 
+def test_a_label_no_scored_gold_row_has_is_named_once_a_variant() -> None:
+    pairs = [(0, 0), (2, 2), (0, 1), (2, 2)]  # no gold `neutral`, as in a --limit run
+    evaluation = Evaluation(
+        base="tiny",
+        adapters={"a": "runs/a"},
+        results={name: scored(pairs) for name in (BASE_NAME, "a")},
+        pairs={name: {"tweet_sentiment_mc": pairs} for name in (BASE_NAME, "a")},
+    )
+    assert warnings(evaluation) == [
+        "tweet_sentiment_mc: no gold row of `neutral` among the 4 scored; macro-F1 counts its F1 as 0 "
+        "(at most 0.67 is reachable)"
+    ]
+    assert macro_f1(pairs) <= 2 / 3
+
+
 def test_a_name_with_a_pipe_stays_in_its_own_table_cell() -> None:
     metrics = {"tweet_sentiment_mc": {"acc": 0.5, "macro_f1": 0.4, "invalid": 0.0}}
     lines = table({BASE_NAME: metrics, "lr|2e-4": metrics}).splitlines()
