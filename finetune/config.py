@@ -48,7 +48,9 @@ class TaskArguments:
     )
     min_confidence: float | None = field(
         default=None,
-        metadata={"help": "keep only rows whose `confidence` (as `finetune predict` writes it) is at least this"},
+        metadata={
+            "help": "keep only training rows whose `confidence` (as `finetune predict` writes it) is at least this"
+        },
     )
     validation_loss: bool = field(
         default=True,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from datasets.exceptions import DatasetGenerationError
 from lm_eval.api.task import Task
 from lm_eval.tasks import TaskManager
 
@@ -40,8 +41,11 @@ def load_tasks(names: list[str], manager: TaskManager | None = None) -> dict[str
     task named twice is one line, before any model loads."""
     try:
         return (manager or task_manager()).load(names)["tasks"]
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{'task' if len(names) == 1 else 'tasks'} {', '.join(names)}: {first_line(err)}") from None
+    except (OSError, ValueError, DatasetGenerationError) as err:
+        cause = f" ({first_line(err.__cause__)})" if isinstance(err, DatasetGenerationError) and err.__cause__ else ""
+        raise BadInput(
+            f"{'task' if len(names) == 1 else 'tasks'} {', '.join(names)}: {first_line(err)}{cause}"
+        ) from None
 
 
 def load_task(name: str = TRAIN_TASK) -> Task:
@@ -158,8 +162,9 @@ def jsonl_records(text: str) -> Iterator[tuple[int, dict | BadRow]]:
 
 
 def csv_records(path: Path, text: str, text_column: str) -> Iterator[tuple[int, dict | BadRow]]:
-    """Each CSV record under the header's names, numbered by the line it starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    """Each CSV record under the header's names, numbered by the line it starts on. Strict: a stray quote would
+    otherwise open a field that swallows the rest of the file as one row."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
         if text_column not in header:
@@ -196,7 +201,7 @@ def label_index(value: Any) -> int:
 def confidence(row: dict) -> float:
     """A finite number: NaN compares false with any threshold and would pass every one."""
     try:
-        value = float(row["confidence"])
+        value = math.nan if isinstance(row["confidence"], bool) else float(row["confidence"])
     except (KeyError, TypeError, ValueError):
         value = math.nan
     if not math.isfinite(value):
@@ -243,19 +248,19 @@ def read_rows(
             if isinstance(record, BadRow):
                 raise record
             doc = check_row(record, text_column, label_column)
-            if min_confidence is not None and confidence(record) < min_confidence:
-                table.below_min_confidence += 1
-                continue
             key = doc.get("id")
             if key not in (None, "") and str(key) in first_line_of_id:
                 raise BadRow(f"duplicate id {key!r} (first on line {first_line_of_id[str(key)]})")
+            if key not in (None, ""):  # a row below --min_confidence holds its id too
+                first_line_of_id[str(key)] = number
+            if min_confidence is not None and confidence(record) < min_confidence:
+                table.below_min_confidence += 1
+                continue
         except BadRow as err:
             if not skip_bad_rows:
                 raise BadInput(f"{path}:{number}: {err}") from None
             table.skipped.append(f"{path}:{number}: {err}")
             continue
-        if key not in (None, ""):
-            first_line_of_id[str(key)] = number
         table.rows.append(doc)
         table.lines.append(number)
     if not table.rows:

@@ -164,14 +164,16 @@ DATA_REPORT = "data_report.json"
 
 
 def user_tables(task_args: TaskArguments) -> dict[str, Table]:
-    """The user's train and validation files, checked row by row before any model is loaded."""
+    """The user's train and validation files, checked row by row before any model is loaded. --min_confidence
+    filters the training rows only: checkpoints chosen on the confident (easy) rows alone would be chosen on
+    another task."""
     files = {"train": task_args.train_file, "validation": task_args.validation_file}
     return {
         split: read_rows(
             Path(path),
             text_column=task_args.text_column,
             label_column=task_args.label_column,
-            min_confidence=task_args.min_confidence,
+            min_confidence=task_args.min_confidence if split == "train" else None,
             skip_bad_rows=task_args.skip_bad_rows,
         )
         for split, path in files.items()

@@ -140,6 +140,10 @@ def test_a_task_whose_data_cannot_be_had_or_a_task_listed_twice_is_one_line(
     assert error_of([*evaluate, "tweet_sentiment_full"], capsys) == (
         f"finetune evaluate: error: task tweet_sentiment_full: Unable to find '{tmp_path / 'test.jsonl'}'"
     )
+    (tmp_path / "test.jsonl").write_text('{"id": "1", "text": "a", "label": 0}\n{"id": "2", "text": \n')
+    assert error_of([*evaluate, "tweet_sentiment_full"], capsys).startswith(
+        "finetune evaluate: error: task tweet_sentiment_full: An error occurred while generating the dataset (JSON"
+    )
     assert error_of([*evaluate, "tweet_sentiment", "tweet_sentiment_gen"], capsys).startswith(
         "finetune evaluate: error: tasks tweet_sentiment, tweet_sentiment_gen: Duplicate task 'tweet_sentiment_gen'"
     )

@@ -137,6 +137,18 @@ def test_bad_unlabeled_rows_stop_the_run_with_their_line_or_are_skipped_when_ask
     assert [row["text"] for row in jsonl(out / "teacher_labels.jsonl")] == ["love it", "hate it"]
 
 
+def test_a_gold_row_too_long_to_train_on_is_named_in_its_own_file_before_the_teacher_labels(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, unlabeled_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text('{"text": "fine", "label": "positive"}\n' + json.dumps({"text": "word " * 400, "label": 0}) + "\n")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, out, "--train_file", str(gold), "--max_length", "64")
+    assert f"{gold}:2: " in capsys.readouterr().err
+    assert not (out / "teacher_labels.jsonl").exists()
+
+
 def test_the_teacher_and_the_unlabeled_file_may_come_from_the_config_file(
     tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -85,6 +85,17 @@ def test_predict_output_trains_directly_keeping_only_confident_rows(
     assert (adapter / "adapter_model.safetensors").exists()
 
 
+def test_min_confidence_filters_the_training_rows_not_the_validation_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    labeled = [{**d, "prediction": d["label_text"], "confidence": 0.5 + i / 100} for i, d in enumerate(DOCS)]
+    train = write_jsonl(tmp_path / "labeled.jsonl", labeled)
+    validation = write_jsonl(tmp_path / "gold.jsonl", [{"text": d["text"], "prediction": d["label"]} for d in DOCS[:4]])
+    trainer = trainer_on(
+        tiny_model_dir, tmp_path / "out", "--train_file", str(train), "--validation_file", str(validation),
+        "--label_column", "prediction", "--min_confidence", "0.55",
+    )  # fmt: skip
+    assert (len(trainer.train_dataset), len(trainer.eval_dataset)) == (len(DOCS) - 5, 4)
+
+
 def test_skipped_training_rows_are_counted_beside_the_adapter(
     tiny_model_dir: Path, train_tiny, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -238,12 +249,35 @@ def test_min_confidence_needs_a_confidence_and_says_when_nothing_is_left(tmp_pat
     )
 
 
-@pytest.mark.parametrize(("line", "got"), [('"confidence": NaN', "nan"), ('"confidence": "inf"', "'inf'")])
+@pytest.mark.parametrize(
+    ("line", "got"), [('"confidence": NaN', "nan"), ('"confidence": "inf"', "'inf'"), ('"confidence": true', "True")]
+)
 def test_a_confidence_that_is_no_finite_number_passes_no_threshold(tmp_path: Path, line: str, got: str) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text(f'{{"text": "a", "prediction": "positive", {line}}}\n')
     with pytest.raises(BadInput, match=rf"^{path}:1: no number in `confidence` \(got {got}\)$"):
         read_rows(path, label_column="prediction", min_confidence=0.9)
+
+
+def test_a_duplicate_id_is_bad_whether_or_not_its_first_row_passed_min_confidence(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "text": "x", "prediction": "positive", "confidence": 0.9},
+        {"id": "b", "text": "y", "prediction": "neutral", "confidence": 0.3},
+        {"id": "b", "text": "z", "prediction": "neutral", "confidence": 0.95},
+    ]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    for threshold in (None, 0.8):
+        with pytest.raises(BadInput, match=rf"^{path}:3: duplicate id 'b' \(first on line 2\)$"):
+            read_rows(path, label_column="prediction", min_confidence=threshold)
+
+
+def test_a_stray_quote_in_a_csv_is_named_not_read_as_one_field_to_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(
+        'id,text,label\n1,fine,positive\n2,"oops,negative\n' + "".join(f"{i},ok,neutral\n" for i in range(3, 50))
+    )
+    with pytest.raises(BadInput, match=rf"^{path}:\d+: not readable as CSV"):
+        read_rows(path, label_column="label", skip_bad_rows=True)
 
 
 def test_a_row_longer_than_the_model_takes_is_named_not_cut(tiny_model_dir: Path, tmp_path: Path) -> None:
