@@ -144,7 +144,8 @@ def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
     if args.link:
         print(f"linked: {link_tasks()} (undo with `finetune tasks-path --unlink`)")
     elif args.unlink:
-        print(f"removed: {unlink_tasks()}")
+        removed = unlink_tasks()
+        print(f"removed: {removed}" if removed else "nothing to remove: the task is not linked into lm-eval")
     else:
         print(tasks_path())
 

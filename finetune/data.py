@@ -155,8 +155,13 @@ def jsonl_records(text: str) -> Iterator[tuple[int, dict | BadRow]]:
             continue
         try:
             row = json.loads(line)
+            if "\\u" in line:  # an escape is the one way past UTF-8 decoding for half a surrogate pair
+                json.dumps(row, ensure_ascii=False).encode()
         except json.JSONDecodeError as err:
             yield number, BadRow(f"not valid JSON ({err.msg})")
+            continue
+        except UnicodeEncodeError as err:  # `\ud83d` alone: half of a surrogate pair, as a cut emoji leaves it
+            yield number, BadRow(f"holds {err.object[err.start]!r}, half of a UTF-16 surrogate pair, which is no text")
             continue
         yield number, row if isinstance(row, dict) else BadRow(f"expected a JSON object, got {type(row).__name__}")
 
@@ -167,6 +172,9 @@ def csv_records(path: Path, text: str, text_column: str) -> Iterator[tuple[int, 
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
+        repeated = sorted({name for name in header if header.count(name) > 1})
+        if repeated:  # a row would keep only the last of the same-named fields
+            raise BadInput(f"{path}:{reader.line_num}: the CSV header names {', '.join(repeated)} more than once")
         if text_column not in header:
             raise BadInput(
                 f"{path}:{reader.line_num}: the CSV header has no `{text_column}` column "

@@ -19,21 +19,29 @@ def is_used(dest: Path) -> bool:
     return dest.is_file() or (dest.is_dir() and any(dest.iterdir()))
 
 
-def check_output(dest: Path, overwrite: bool = False, flag: str = "--overwrite") -> None:
+def check_output(dest: Path, overwrite: bool = False, flag: str = "--overwrite", folder: bool = True) -> None:
     """Refuse, before any work, a destination that holds something (unless `overwrite`) or cannot be written:
-    the check makes and removes a real sibling, which also catches read-only file systems and a file in the way."""
+    the check makes and removes a real sibling, which also catches read-only file systems and a file in the way.
+    Folders it had to make for the check are removed again: a refused run leaves nothing behind."""
     dest = Path(dest)
+    if not folder and dest.is_dir():
+        raise FinetuneError(f"{dest}: a folder; name the file to write")
     if is_used(dest) and not overwrite:
         kind = "folder is not empty" if dest.is_dir() else "file exists"
         raise OutputExists(f"{dest}: the {kind}; pass {flag} to replace it")
     blocking = next((folder for folder in dest.parents if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:
         raise FinetuneError(f"{dest}: cannot write there ({blocking} is a file, not a folder)")
+    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent)).rmdir()
     except OSError as err:
         raise FinetuneError(f"{dest}: cannot write there ({err.strerror}: {err.filename})") from None
+    finally:
+        for folder in made:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def replace_with(staging: Path, dest: Path) -> None:
@@ -67,7 +75,8 @@ def written(dest: Path, overwrite: bool = False, folder: bool = True) -> Iterato
     """A temporary sibling of `dest` (a folder or a file) to write the result into; it takes `dest`'s place
     when the block ends, and is removed if the block fails."""
     dest = Path(dest)
-    check_output(dest, overwrite)
+    check_output(dest, overwrite, folder=folder)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if folder:
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     else:

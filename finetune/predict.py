@@ -11,6 +11,7 @@ from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from trl import ModelConfig
 
+from finetune import FinetuneError
 from finetune.data import drop_too_long, load_task, read_rows
 from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
@@ -78,8 +79,10 @@ def predict(
     """Label every usable row of `source` into `dest` (JSON Lines), with a report beside it; the model is loaded
     as `finetune evaluate` loads it, and only after the input and the output have been checked. Several processes
     label consecutive shares, gathered in rank order (the file's order); the first writes."""
+    if dest.suffix.lower() != ".jsonl":  # it is JSON Lines, which `finetune train --train_file` reads by suffix
+        raise FinetuneError(f"{dest}: the labels are JSON Lines; name a .jsonl file")
     for path in (dest, report_path(dest)):
-        check_output(path, overwrite)
+        check_output(path, overwrite, folder=False)
     table = read_rows(source, text_column=text_column, skip_bad_rows=skip_bad_rows)
     model = load_model(model_args, {"adapter": adapter} if adapter else None, allow_other_base)
     lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)

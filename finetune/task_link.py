@@ -47,14 +47,15 @@ def link_tasks(root: Path | None = None) -> Path:
     return folder
 
 
-def unlink_tasks(root: Path | None = None) -> Path:
-    """Undo `link_tasks`: remove the links and their folder, and nothing else."""
+def unlink_tasks(root: Path | None = None) -> Path | None:
+    """Undo `link_tasks`: remove the links and their folder, and nothing else; None where nothing was linked."""
     folder = linked_folder(root or lm_eval_task_folder())
+    if not folder.exists():
+        return None
     try:
         for link in folder.glob("*"):
             link.unlink()
-        if folder.exists():
-            folder.rmdir()
+        folder.rmdir()
     except OSError as err:
         raise FinetuneError(f"cannot remove {folder}: {err.strerror}") from None
     return folder

@@ -137,6 +137,16 @@ BAD_JSONL = [
     ('{"text": "fine"}\n{"text": " \\t "}\n', 2, "`text` is only whitespace"),
     ('{"text": "fine"}\n{"text": 3}\n', 2, "`text` is not a string (got 3)"),
     ('{"id": 1, "text": "a"}\n{"id": 2, "text": "b"}\n{"id": 1, "text": "c"}\n', 3, "duplicate id 1 (first on line 1)"),
+    (
+        '{"text": "fine"}\n{"text": "cut emoji \\ud83d"}\n',
+        2,
+        "holds '\\ud83d', half of a UTF-16 surrogate pair, which is no text",
+    ),
+    (
+        '{"text": "fine"}\n{"text": "ok", "note": "\\udc00"}\n',
+        2,
+        "holds '\\udc00', half of a UTF-16 surrogate pair, which is no text",
+    ),
 ]
 
 
@@ -198,6 +208,7 @@ def test_file_level_problems_are_one_line_each(tmp_path: Path) -> None:
         ),
         "rows.txt": (b"hello\n", "{p}: expected a .jsonl or .csv file"),
         "short.csv": (b"id,text\n1,hi\n2\n", "{p}:3: 1 fields where the header has 2"),
+        "twice.csv": (b"text,id,text\nfirst,1,second\n", "{p}:1: the CSV header names text more than once"),
     }
     for name, (content, message) in cases.items():
         path = tmp_path / name

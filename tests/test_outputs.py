@@ -79,6 +79,25 @@ def test_predict_and_evaluate_refuse_a_used_output_before_loading_anything(tmp_p
     )
 
 
+def test_predict_labels_go_to_a_jsonl_file_and_a_refused_run_leaves_no_folder_behind(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "hello"}\n')
+    predict = ["predict", "--model", str(tmp_path / "no-model"), "--input", str(source), "--output"]
+    (tmp_path / "labels").mkdir()
+    assert one_line_error(capsys, [*predict, str(tmp_path / "labels"), "--overwrite"]).endswith(
+        f"{tmp_path / 'labels'}: the labels are JSON Lines; name a .jsonl file"
+    )
+    (tmp_path / "labels.jsonl").mkdir()
+    assert one_line_error(capsys, [*predict, str(tmp_path / "labels.jsonl"), "--overwrite"]).endswith(
+        f"{tmp_path / 'labels.jsonl'}: a folder; name the file to write"
+    )
+    assert one_line_error(capsys, [*predict, str(source.with_suffix(".csv"))]).endswith("name a .jsonl file")
+    nested = tmp_path / "a" / "b" / "labeled.jsonl"
+    one_line_error(capsys, ["predict", "--model", str(tmp_path / "no-model"), "--input", str(tmp_path / "absent.jsonl"),
+                            "--output", str(nested)])  # fmt: skip
+    assert not (tmp_path / "a").exists()
+
+
 def test_predict_writes_its_labels_and_report_whole(tiny_model_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_text("id,text\n1,good day\n2,\n3,bad day\n")

@@ -60,6 +60,9 @@ def test_link_lets_plain_lm_eval_list_validate_and_run_the_task_and_unlink_takes
     assert not (tasks / LINK_FOLDER).exists()
     validated = run(shadow_site, "lm_eval", "validate", "--tasks", TASKS)
     assert validated.returncode == 1 and "Tasks not found" in validated.stdout
+    capsys.readouterr()
+    main(["tasks-path", "--unlink"])
+    assert capsys.readouterr().out == "nothing to remove: the task is not linked into lm-eval\n"
 
 
 def test_link_and_unlink_never_touch_what_is_not_theirs(tmp_path: Path) -> None:
