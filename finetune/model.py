@@ -110,6 +110,8 @@ def load_model(
     configs are read before the base is loaded, and adapters that do not fit are refused before any use."""
     adapters = adapters or {}
     configs = {name: read_adapter_config(source) for name, source in adapters.items()}
+    for source in adapters.values():
+        check_base_revision(model_args, source, allow_other_base)
     source = check_base(model_args)
     model = create_model_from_path(
         source,
@@ -243,6 +245,21 @@ def read_adapter_config(source: str) -> PeftConfig:
 
 def _model_name(name_or_path: str) -> str:
     return hub_name(name_or_path).rstrip("/").split("/")[-1].lower()
+
+
+def check_base_revision(model_args: ModelConfig, source: str, allow_other_base: bool = False) -> None:
+    """An adapter folder records the base revision it was trained on (model_args.json): on another revision its
+    scores would be another model's. A Hub adapter names it in its card only, so it is not checked here."""
+    recorded = Path(source) / MODEL_ARGS
+    if allow_other_base or not recorded.is_file():
+        return
+    trained = json.loads(recorded.read_text()).get("model_revision") or "main"
+    given = model_args.model_revision or "main"
+    if trained != given:
+        raise AdapterMismatch(
+            f"adapter {source} was trained on its base at revision {trained!r}, not {given!r}: "
+            f"pass --revision {trained} (or --allow-other-base)"
+        )
 
 
 def check_adapter_fits(

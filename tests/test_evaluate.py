@@ -64,6 +64,18 @@ def test_an_adapter_folder_with_dots_or_an_at_sign_in_its_name_is_scored(
     assert len(evaluation.pairs[name]["tweet_sentiment_mc"]) == 4
 
 
+def test_an_adapter_is_scored_on_the_base_revision_it_was_trained_on_or_refused(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    adapter = shutil.copytree(tiny_adapter_dir, tmp_path / "at-v1")
+    recorded = json.loads((adapter / "model_args.json").read_text())
+    (adapter / "model_args.json").write_text(json.dumps({**recorded, "model_revision": "v1"}))
+    with pytest.raises(AdapterMismatch, match=r"at revision 'v1', not 'main': pass --revision v1"):
+        load_model(base_config(str(tiny_model_dir)), {"a": str(adapter)})
+    assert load_model(base_config(str(tiny_model_dir)), {"a": str(adapter)}, allow_other_base=True) is not None
+    assert load_model(base_config(str(tiny_model_dir)), {"a": str(tiny_adapter_dir)}) is not None
+
+
 def test_a_hub_revision_may_be_a_pull_request_ref_or_a_branch_with_an_at_sign() -> None:
     assert adapter_at("me/ad@refs/pr/3") == ("me/ad", {"revision": "refs/pr/3"})
     assert adapter_at("me/ad@exp@2") == ("me/ad", {"revision": "exp@2"})  # a Hub id has no '@', a branch may
