@@ -10,17 +10,16 @@ from itertools import islice
 from pathlib import Path
 
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
-from transformers import PreTrainedTokenizerBase
 from trl import ModelConfig, SFTConfig
 
 from finetune.config import DistillArguments, TaskArguments
-from finetune.data import Table, check_training_task, load_task, read_rows
+from finetune.data import Table, load_task, read_rows
 from finetune.evaluate import Evaluation, check_tasks, evaluate
 from finetune.model import base_config, load_tokenizer
 from finetune.outputs import check_output, written
 from finetune.predict import predict
 from finetune.report import write_report
-from finetune.train import check_lengths, train, user_tables
+from finetune.train import check_lengths, checked_data, train
 from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
 TEACHER, STUDENT, GOLD_ONLY = "teacher", "student", "gold-only"
@@ -30,12 +29,10 @@ SUMMARY = "distill.json"
 REPORT = "report"
 
 
-def gold_rows(task_args: TaskArguments, tokenizer: PreTrainedTokenizerBase, max_length: int | None) -> list[dict]:
-    """The gold rows both students learn from: the user's --train_file, else the task's pinned train split. A row
-    too long for training is named in its own file here, before the teacher's work."""
-    tables = user_tables(task_args)
-    check_training_task(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
-    check_lengths(tables, task_args, tokenizer, max_length)
+def gold_rows(task_args: TaskArguments, model_args: ModelConfig, max_length: int | None) -> list[dict]:
+    """The gold rows both students learn from: the user's --train_file, else the task's pinned train split;
+    checked as a training run checks them (a row too long named in its own file), before the teacher's work."""
+    tables = checked_data(task_args, model_args, max_length)
     docs = tables["train"].rows if "train" in tables else load_task(task_args.task).training_docs()
     return list(islice(docs, task_args.train_limit))
 
@@ -143,8 +140,7 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
     claim_outputs(distill_args, task_args, out)
     out.mkdir(parents=True, exist_ok=True)
     gold_args = replace(task_args, min_confidence=None)  # the threshold is for the teacher's labels only
-    tokenizer = load_tokenizer(model_args)
-    gold = gold_rows(gold_args, tokenizer, sft.max_length)
+    gold = gold_rows(gold_args, model_args, sft.max_length)
     labels = label_unlabeled(distill_args, task_args, sft, model_args, out)
     labeled = read_rows(
         labels,
@@ -153,7 +149,7 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
         min_confidence=task_args.min_confidence,
         skip_bad_rows=task_args.skip_bad_rows,
     )
-    check_lengths({TEACHER: labeled}, task_args, tokenizer, sft.max_length)
+    check_lengths({TEACHER: labeled}, task_args, load_tokenizer(model_args), sft.max_length)
     write_student_rows(gold, labeled, task_args, out / STUDENT_ROWS)
     student_args = replace(task_args, train_file=str(out / STUDENT_ROWS), min_confidence=None, train_limit=None)
     students = {STUDENT: train_as(STUDENT, student_args, sft, model_args, out)}

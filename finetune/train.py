@@ -326,16 +326,23 @@ def effective_batch(sft: SFTConfig) -> str:
     )
 
 
+def checked_data(task_args: TaskArguments, model_args: ModelConfig, max_length: int | None) -> dict[str, Table]:
+    """What a training run checks before any model loads, each in one line: the task, the user's files row by
+    row, the base, and each row's length in the base's tokens. Returns the user's files."""
+    check_training_task(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
+    tables = user_tables(task_args)
+    check_base(model_args)
+    check_lengths(tables, task_args, load_tokenizer(model_args), max_length)
+    return tables
+
+
 def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, resume_command: str | None = None) -> Path:
     """Train, keep the best adapter, and save it with how its base was loaded, its loss curve and the report of
     the user's files. The final files are written beside the run folder and renamed into it; a signal stops the
     run with a checkpoint and `Interrupted`, whose message says how to resume."""
     out = Path(sft.output_dir)
     model_args.dtype = compute_dtype(sft)
-    check_training_task(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
-    tables = user_tables(task_args)
-    check_base(model_args)
-    check_lengths(tables, task_args, load_tokenizer(model_args), sft.max_length)
+    tables = checked_data(task_args, model_args, sft.max_length)
     replaced = claim_run_folder(out, task_args)
     stop = StopOnSignal()
     try:

@@ -181,3 +181,14 @@ def test_an_unknown_report_task_is_refused_before_the_teacher_labels_anything(
         distill(tiny_model_dir, tiny_adapter_dir, unlabeled_file, tmp_path, "--eval_tasks", "tweet_sentimnet")
     assert "unknown task tweet_sentimnet" in capsys.readouterr().err
     assert not (tmp_path / "teacher_labels.jsonl").exists()
+
+
+def test_a_student_base_that_does_not_exist_is_one_line_before_the_teacher_labels_anything(
+    tiny_adapter_dir: Path, unlabeled_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit):
+        distill(tmp_path / "no-base", tiny_adapter_dir, unlabeled_file, tmp_path / "run")
+    assert (
+        capsys.readouterr().err.splitlines()[-1] == f"finetune distill: error: {tmp_path / 'no-base'}: no such folder"
+    )
+    assert not (tmp_path / "run" / "teacher_labels.jsonl").exists()
