@@ -29,19 +29,19 @@ def check_output(dest: Path, overwrite: bool = False, flag: str = "--overwrite",
     if is_used(dest) and not overwrite:
         kind = "folder is not empty" if dest.is_dir() else "file exists"
         raise OutputExists(f"{dest}: the {kind}; pass {flag} to replace it")
-    blocking = next((folder for folder in dest.parents if folder.exists() and not folder.is_dir()), None)
+    blocking = next((parent for parent in dest.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise FinetuneError(f"{dest}: cannot write there ({blocking} is a file, not a folder)")
-    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
+    made = [parent for parent in dest.parents if not parent.exists()]  # innermost first
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent)).rmdir()
     except OSError as err:
         raise FinetuneError(f"{dest}: cannot write there ({err.strerror}: {err.filename})") from None
     finally:
-        for folder in made:  # innermost first
+        for parent in made:
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                parent.rmdir()
 
 
 def replace_with(staging: Path, dest: Path) -> None:
