@@ -1,20 +1,20 @@
 """The `finetune` command: a thin layer of arguments over the modules that do the work."""
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
-from trl import TrlParser
+from trl import ModelConfig, TrlParser
 
 from finetune import FinetuneError
 from finetune.config import DTYPES, unknown_flags
+from finetune.flags import option, positive_int, switch
 from finetune.launch import (
     SPREAD_COMMANDS,
     add_launch_args,
+    is_main_process,
     launch_flags,
-    positive_int,
     relaunch,
     split_launch_args,
     wants_launch,
@@ -45,12 +45,14 @@ def resume_command(rest: list[str], launch: list[str]) -> str:
 
 
 def _train(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.benchmark import load_benchmark
     from finetune.config import parse_train_args
     from finetune.train import train
 
     task_args, sft, model_args = parse_train_args(rest, args.parser)
-    out = train(task_args, sft, model_args, resume_command(rest, launch_flags(args.launch)))
-    if _first_process():
+    benchmark = load_benchmark(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
+    out = train(benchmark, task_args, sft, model_args, resume_command(rest, launch_flags(args.launch)))
+    if is_main_process():
         print(out)
 
 
@@ -62,48 +64,60 @@ def _distill(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.benchmark import load_tasks
     from finetune.evaluate import evaluate
-    from finetune.model import base_config
     from finetune.outputs import check_output
     from finetune.report import write_report
 
-    check_output(args.out, args.overwrite)
+    check_output(args.output_dir, args.overwrite)
     evaluation = evaluate(
-        base_config(args.base, args.dtype, args.load_in_4bit, args.revision),
+        _base(args),
         args.adapter,
-        tasks=tuple(args.tasks),
+        tasks=load_tasks(args.tasks),
         limit=args.limit,
         batch_size=args.batch_size,
         allow_other_base=args.allow_other_base,
     )
     if evaluation is not None:  # the first process holds every row
-        print(write_report(evaluation, args.out, args.overwrite))
-        print(f"report in {args.out}")
+        print(write_report(evaluation, args.output_dir, args.overwrite))
+        print(f"report in {args.output_dir}")
 
 
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
-    from finetune.model import base_config, merge
+    from finetune.model import merge
 
-    base = base_config(args.base, args.dtype, revision=args.revision)
-    print(merge(base, args.adapter, args.out, args.overwrite, args.allow_other_base))
+    print(merge(_base(args), args.adapter, args.output_dir, args.overwrite, args.allow_other_base))
 
 
 def _predict(args: argparse.Namespace, rest: list[str]) -> None:
-    from finetune.model import base_config
+    from finetune.benchmark import load_choices
     from finetune.predict import predict, report_path
 
     count = predict(
-        base_config(args.model, args.dtype, args.load_in_4bit, args.revision),
+        load_choices(),
+        _base(args),
         args.adapter,
-        args.input,
-        args.output,
+        args.input_file,
+        args.output_file,
         args.batch_size,
         skip_bad_rows=args.skip_bad_rows,
+        text_column=args.text_column,
         overwrite=args.overwrite,
         allow_other_base=args.allow_other_base,
     )
-    if _first_process():
-        print(f"labeled {count} rows into {args.output} (rows read and skipped: {report_path(args.output)})")
+    if is_main_process():
+        print(f"labeled {count} rows into {args.output_file} (rows read and skipped: {report_path(args.output_file)})")
+
+
+def _soup(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.benchmark import load_benchmark
+    from finetune.soup import SOUP, soup
+
+    benchmark = load_benchmark()
+    docs = list(benchmark.task.validation_docs())
+    scores = soup(benchmark.choices, docs, _base(args), args.adapter, args.output_dir, args.batch_size, args.overwrite)
+    for name, f1 in scores.items():
+        print(f"validation macro-F1 {f1:.4f}  {f'soup -> {args.output_dir}' if name == SOUP else name}")
 
 
 def _push(args: argparse.Namespace, rest: list[str]) -> None:
@@ -114,8 +128,8 @@ def _push(args: argparse.Namespace, rest: list[str]) -> None:
     url = push(
         HfApi(),
         args.adapter,
-        args.repo,
-        report=args.report,
+        args.repo_id,
+        report=args.report_dir,
         private=args.private,
         merged=args.merged,
         revision=args.revision,
@@ -126,7 +140,7 @@ def _push(args: argparse.Namespace, rest: list[str]) -> None:
 def _demo(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.demo import demo
 
-    text = demo(args.out, rest)
+    text = demo(args.output_dir, rest)
     if text is not None:
         print(text)
 
@@ -138,7 +152,7 @@ def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
-    from finetune.data import tasks_path
+    from finetune.benchmark import tasks_path
     from finetune.task_link import link_tasks, unlink_tasks
 
     if args.link:
@@ -150,31 +164,31 @@ def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
         print(tasks_path())
 
 
-def _first_process() -> bool:
-    """Under `accelerate launch` (torch's launcher sets RANK), the process that speaks and writes for all."""
-    return int(os.environ.get("RANK", "0")) == 0
+def _base(args: argparse.Namespace) -> ModelConfig:
+    """The base as the model flags describe it, in trl's ModelConfig (what every loader takes)."""
+    from finetune.model import base_config
+
+    return base_config(args.model_name_or_path, args.dtype, getattr(args, "load_in_4bit", False), args.model_revision)
 
 
-def _model_flags(p: argparse.ArgumentParser, name: str, default_dtype: str = "float32", quantize: bool = True) -> None:
-    p.add_argument(f"--{name}", default="embedded", help="Hub id, folder, or `embedded`")
-    p.add_argument("--revision", default="main", help="the base's branch, tag or commit on the Hub (model_revision)")
-    p.add_argument("--dtype", choices=DTYPES, default=default_dtype)
+def _model_flags(p: argparse.ArgumentParser, default_dtype: str = "float32", quantize: bool = True) -> None:
+    """The base's flags, named as trl's ModelConfig names them for `finetune train`."""
+    option(p, "model_name_or_path", default="embedded", help="the base: Hub id, folder, or `embedded`")
+    option(p, "model_revision", default="main", help="the base's branch, tag or commit on the Hub")
+    option(p, "dtype", choices=DTYPES, default=default_dtype)
     if quantize:
-        p.add_argument(
-            "--load-in-4bit", action="store_true", help="load the base in nf4 as the QLoRA preset trains it (a GPU)"
-        )
+        switch(p, "load_in_4bit", help="load the base in nf4 as the QLoRA preset trains it (a GPU)")
 
 
-def _allow_other_base_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-other-base", action="store_true", help="accept adapters trained on a base of another name")
-
-
-def _overwrite_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true", help="replace what is already at the output path")
+def _output_flags(p: argparse.ArgumentParser, allow_other_base: bool = True) -> None:
+    if allow_other_base:
+        switch(p, "allow_other_base", help="accept adapters trained on a base of another name")
+    switch(p, "overwrite", help="replace what is already at the output path")
 
 
 def build_parser() -> TrlParser:
-    """Every command is a subparser; `train`'s is trl's parser of the training dataclasses (`finetune train -h`)."""
+    """Every command is a subparser; `train`'s is trl's parser of the training dataclasses (`finetune train -h`).
+    Every flag is spelled as trl and lm_eval spell theirs (underscores; dashes accepted), one name a setting."""
     from finetune.config import make_parser
 
     parser = Parser(prog="finetune", description=__doc__)
@@ -187,48 +201,50 @@ def build_parser() -> TrlParser:
     p.set_defaults(run=_distill, parser=p)
 
     p = sub.add_parser("evaluate", help="score a base and adapters on tweet_sentiment through lm-eval")
-    _model_flags(p, "base")
-    p.add_argument("--adapter", action="append", default=[], help=f"{ADAPTER_HELP}; repeatable")
-    p.add_argument("--tasks", nargs="+", default=["tweet_sentiment"], help="task or group names")
-    p.add_argument("--limit", type=positive_int, help="score only the first N rows of each variant")
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    _allow_other_base_flag(p)
-    p.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
-    _overwrite_flag(p)
+    _model_flags(p)
+    option(p, "adapter", action="append", default=[], help=f"{ADAPTER_HELP}; repeatable")
+    option(p, "tasks", nargs="+", default=["tweet_sentiment"], help="task or group names")
+    option(p, "limit", type=positive_int, help="score only the first N rows of each variant")
+    option(p, "batch_size", type=positive_int, default=16)
+    option(p, "output_dir", type=Path, default=Path("runs/report"), help="report folder")
+    _output_flags(p)
     add_launch_args(p)
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("merge", help="fold an adapter into a standalone 16-bit model")
-    _model_flags(p, "base", "bfloat16", quantize=False)
-    p.add_argument("--adapter", required=True, help=ADAPTER_HELP)
-    p.add_argument("--out", type=Path, required=True)
-    _allow_other_base_flag(p)
-    _overwrite_flag(p)
+    _model_flags(p, "bfloat16", quantize=False)
+    option(p, "adapter", required=True, help=ADAPTER_HELP)
+    option(p, "output_dir", type=Path, required=True)
+    _output_flags(p)
     p.set_defaults(run=_merge)
 
-    p = sub.add_parser("predict", help="label unlabeled text (.jsonl or .csv with a `text` field)")
-    _model_flags(p, "model")
-    p.add_argument("--adapter", help=ADAPTER_HELP)
-    p.add_argument("--input", type=Path, required=True)
-    p.add_argument("--output", type=Path, required=True, help="labeled JSON Lines; a .report.json goes beside it")
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    _allow_other_base_flag(p)
-    p.add_argument(
-        "--skip-bad-rows",
-        action="store_true",
-        help="leave out unusable rows, counted in the report, instead of stopping",
-    )
-    _overwrite_flag(p)
+    p = sub.add_parser("predict", help="label unlabeled text (.jsonl or .csv with a text column)")
+    _model_flags(p)
+    option(p, "adapter", help=ADAPTER_HELP)
+    option(p, "input_file", type=Path, required=True, help="texts to label (.jsonl or .csv)")
+    option(p, "output_file", type=Path, required=True, help="labeled JSON Lines; a .report.json goes beside it")
+    option(p, "text_column", default="text", help="the input's column with the text")
+    option(p, "batch_size", type=positive_int, default=16)
+    switch(p, "skip_bad_rows", help="leave out unusable rows, counted in the report, instead of stopping")
+    _output_flags(p)
     add_launch_args(p)
     p.set_defaults(run=_predict)
 
+    p = sub.add_parser("soup", help="average adapters of one base into one (a uniform soup), scoring each")
+    _model_flags(p)
+    option(p, "adapter", action="append", required=True, help=f"{ADAPTER_HELP}; two or more")
+    option(p, "output_dir", type=Path, required=True, help="the soup's adapter folder")
+    option(p, "batch_size", type=positive_int, default=16)
+    _output_flags(p, allow_other_base=False)
+    p.set_defaults(run=_soup)
+
     p = sub.add_parser("push", help="publish an adapter and its results to the Hugging Face Hub")
-    p.add_argument("--adapter", type=Path, required=True)
-    p.add_argument("--repo", required=True, help="OWNER/NAME")
-    p.add_argument("--report", type=Path, help="report folder of `finetune evaluate` (metrics.json)")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--merged", action="store_true", help="publish the merged 16-bit model instead of the adapter")
-    p.add_argument("--revision", help="branch to commit to")
+    option(p, "adapter", type=Path, required=True, help="the adapter folder of `finetune train`")
+    option(p, "repo_id", required=True, help="OWNER/NAME")
+    option(p, "report_dir", type=Path, help="report folder of `finetune evaluate` (metrics.json)")
+    switch(p, "private", help="make a new repo private")
+    switch(p, "merged", help="publish the merged 16-bit model instead of the adapter")
+    option(p, "revision", help="branch to commit to")
     p.set_defaults(run=_push)
 
     p = sub.add_parser(
@@ -236,7 +252,7 @@ def build_parser() -> TrlParser:
         help="train the quick preset on the embedded model and show before -> after (CPU)",
         epilog="Any other --key value pairs override the embedded-cpu-quick preset, as for `finetune train`.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    option(p, "output_dir", type=Path, default=Path("runs/demo"))
     add_launch_args(p)
     p.set_defaults(run=_demo, takes_rest=True)
 
@@ -246,10 +262,8 @@ def build_parser() -> TrlParser:
 
     p = sub.add_parser("tasks-path", help="print the folder to pass to `lm_eval --include_path`")
     how = p.add_mutually_exclusive_group()
-    how.add_argument(
-        "--link", action="store_true", help="let plain `lm_eval --tasks tweet_sentiment` find the task (reversible)"
-    )
-    how.add_argument("--unlink", action="store_true", help="undo --link")
+    switch(how, "link", help="let plain `lm_eval --tasks tweet_sentiment` find the task (reversible)")
+    switch(how, "unlink", help="undo --link")
     p.set_defaults(run=_tasks_path)
     return parser
 
@@ -276,8 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         command = command_parser(parser, args.command)
         command.error(f"unrecognized arguments: {unknown_flags(rest, command)}")
     if wants_launch(launch) and args.command not in SPREAD_COMMANDS:
-        parser.error(f"--num-processes and --accelerate-config are for {', '.join(SPREAD_COMMANDS)}")
-    if args.command not in SPREAD_COMMANDS and not _first_process():
+        parser.error(f"--num_processes and --accelerate_config are for {', '.join(SPREAD_COMMANDS)}")
+    if args.command not in SPREAD_COMMANDS and not is_main_process():
         return  # merge, push, ...: one process's job, however many a launcher started
     try:
         if wants_launch(launch):
@@ -285,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             args.run(args, rest)
     except FinetuneError as err:
-        if _first_process() or err.exit_code < 128:  # stopped by a signal, every process would say the same
+        if is_main_process() or err.exit_code < 128:  # stopped by a signal, every process would say the same
             print(f"finetune {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
 

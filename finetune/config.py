@@ -10,7 +10,7 @@ import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from finetune import FinetuneError
-from finetune.data import TRAIN_TASK
+from finetune.benchmark import TRAIN_TASK
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -125,7 +125,7 @@ HELP = {
     "finetune distill STUDENT_CONFIG|PRESET --teacher_adapter A --unlabeled_file F [--key value ...]",
 }
 LAUNCH_EPILOG = (
-    "Several GPUs of one host: --num-processes N [--accelerate-config ddp|fsdp_qlora|FILE] (accelerate launch runs "
+    "Several GPUs of one host: --num_processes N [--accelerate_config ddp|fsdp_qlora|FILE] (accelerate launch runs "
     "N processes; the effective batch is per-device batch x N x accumulation)."
 )
 
@@ -202,7 +202,13 @@ def check_keys(config: Path, parser: argparse.ArgumentParser) -> None:
 
 def unknown_flags(args: list[str], parser: argparse.ArgumentParser, prefix: str = "--") -> str:
     """Arguments no option takes (the flags, if any, without their values), each with the closest known flag."""
-    known = [option.removeprefix("--") for option in parser._option_string_actions if option.startswith("--")]
+    known = list(  # in the one dialect: an option's dashed alias is suggested as its underscore name
+        dict.fromkeys(
+            option.removeprefix("--").replace("-", "_")
+            for option in parser._option_string_actions
+            if option.startswith("--")
+        )
+    )
     words = []
     for arg in [arg for arg in args if arg.startswith(prefix)] or args:
         close = closest(arg.split("=")[0].removeprefix(prefix), known) if arg.startswith(prefix) else None

@@ -1,5 +1,4 @@
-"""The task and its rows: training text derived from the lm-eval task itself, so that it cannot drift from
-what is scored, and the user's own files read with errors that name the file and line."""
+"""The user's own files (JSON Lines or CSV) read row by row, with errors that name the file and line."""
 
 import codecs
 import csv
@@ -8,90 +7,13 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import datasets
-from datasets.exceptions import DatasetGenerationError
-from lm_eval.api.task import Task
-from lm_eval.tasks import TaskManager
-
-import lm_eval_tasks
-from finetune import FinetuneError, first_line
+from finetune import FinetuneError
 from lm_eval_tasks.tweet_sentiment.utils import LABELS
-
-TASK_GROUP = "tweet_sentiment"
-TRAIN_TASK = "tweet_sentiment_gen"
-
-
-def tasks_path() -> Path:
-    """The folder to give lm-eval as `--include_path`, wherever this package is installed."""
-    return Path(lm_eval_tasks.__file__).resolve().parent
-
-
-def task_manager() -> TaskManager:
-    return TaskManager(include_path=str(tasks_path()), include_defaults=False)
-
-
-def load_tasks(names: list[str], manager: TaskManager | None = None) -> dict[str, Task]:
-    """The tasks (a group's too) with their data: a data folder without the file, a data set out of reach or a
-    task named twice is one line, before any model loads."""
-    try:
-        return (manager or task_manager()).load(names)["tasks"]
-    except (OSError, ValueError, DatasetGenerationError) as err:
-        cause = f" ({first_line(err.__cause__)})" if isinstance(err, DatasetGenerationError) and err.__cause__ else ""
-        raise BadInput(
-            f"{'task' if len(names) == 1 else 'tasks'} {', '.join(names)}: {first_line(err)}{cause}"
-        ) from None
-
-
-def load_task(name: str = TRAIN_TASK) -> Task:
-    return load_tasks([name])[name]
-
-
-def check_training_task(name: str, own_train: bool = False, own_validation: bool = False) -> None:
-    """The task whose prompt and answer make the training text, judged from its YAML before any data loads. Its
-    target must be the answer's words, as a generative variant's is (a multiple-choice variant's is the index of
-    a choice), and the splits it lacks must come from the user's files (`own_train`, `own_validation`)."""
-    manager = task_manager()
-    if name not in manager.all_subtasks:
-        raise BadInput(f"--task {name}: not a task to train on (tasks: {', '.join(manager.all_subtasks)})")
-    config = manager.task_index[name].cfg or {}
-    if config.get("output_type") != "generate_until":
-        raise BadInput(
-            f"--task {name}: a {config.get('output_type')} task; training takes a generative variant ({TRAIN_TASK})"
-        )
-    splits = (("train", "training_split", own_train), ("validation", "validation_split", own_validation))
-    missing = [f"--{split}_file" for split, key, own in splits if not (config.get(key) or own)]
-    if missing:
-        raise BadInput(f"--task {name}: a test-only variant; train with {TRAIN_TASK} or give {' and '.join(missing)}")
-
-
-def prompt_completion(task: Task, docs: Iterable[dict], limit: int | None = None) -> datasets.Dataset:
-    """Rows of {prompt, completion}: the task's own `doc_to_text`, then its target delimiter and target.
-    trl's SFTTrainer masks the prompt out of the loss and appends EOS to the completion."""
-    rows = [
-        {"prompt": task.doc_to_text(doc), "completion": task.config.target_delimiter + task.doc_to_target(doc)}
-        for doc in islice(docs, limit)
-    ]
-    return datasets.Dataset.from_list(rows)
-
-
-def training_sets(
-    task: Task,
-    train_limit: int | None = None,
-    train_docs: Iterable[dict] | None = None,
-    validation_docs: Iterable[dict] | None = None,
-) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Train and validation rows as prompt-completion data sets: the given docs (a user's file), else the
-    task's pinned splits."""
-    return (
-        prompt_completion(task, task.training_docs() if train_docs is None else train_docs, train_limit),
-        prompt_completion(task, task.validation_docs() if validation_docs is None else validation_docs),
-    )
 
 
 class BadInput(FinetuneError):

@@ -6,20 +6,22 @@ import copy
 import json
 from collections import Counter
 from dataclasses import replace
-from itertools import islice
 from pathlib import Path
 
+from lm_eval.api.task import Task
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from trl import ModelConfig, SFTConfig
 
+from finetune.benchmark import Benchmark, Evaluation, load_benchmark, load_tasks
 from finetune.config import DistillArguments, TaskArguments
-from finetune.data import Table, load_task, read_rows
-from finetune.evaluate import Evaluation, check_tasks, evaluate
-from finetune.model import base_config, load_tokenizer
+from finetune.data import Table, read_rows
+from finetune.dataset import check_lengths
+from finetune.evaluate import evaluate
+from finetune.model import base_config
 from finetune.outputs import check_output, written
 from finetune.predict import predict
 from finetune.report import write_report
-from finetune.train import check_lengths, checked_data, train
+from finetune.train import compute_dtype, loading_args, prepare, train
 from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
 TEACHER, STUDENT, GOLD_ONLY = "teacher", "student", "gold-only"
@@ -27,14 +29,6 @@ TEACHER_LABELS = "teacher_labels.jsonl"
 STUDENT_ROWS = "student_train.jsonl"
 SUMMARY = "distill.json"
 REPORT = "report"
-
-
-def gold_rows(task_args: TaskArguments, model_args: ModelConfig, max_length: int | None) -> list[dict]:
-    """The gold rows both students learn from: the user's --train_file, else the task's pinned train split;
-    checked as a training run checks them (a row too long named in its own file), before the teacher's work."""
-    tables = checked_data(task_args, model_args, max_length)
-    docs = tables["train"].rows if "train" in tables else load_task(task_args.task).training_docs()
-    return list(islice(docs, task_args.train_limit))
 
 
 def teacher_config(distill_args: DistillArguments, model_args: ModelConfig) -> ModelConfig:
@@ -58,7 +52,12 @@ def claim_outputs(distill_args: DistillArguments, task_args: TaskArguments, out:
 
 
 def label_unlabeled(
-    distill_args: DistillArguments, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, out: Path
+    benchmark: Benchmark,
+    distill_args: DistillArguments,
+    task_args: TaskArguments,
+    sft: SFTConfig,
+    model_args: ModelConfig,
+    out: Path,
 ) -> Path:
     """The teacher's `finetune predict` output for the unlabeled file: the one given, the one a stopped run
     wrote (with --resume), or a new one."""
@@ -68,6 +67,7 @@ def label_unlabeled(
     if task_args.resume and dest.is_file():
         return dest
     predict(
+        benchmark.choices,
         teacher_config(distill_args, model_args),
         distill_args.teacher_adapter,
         Path(distill_args.unlabeled_file),
@@ -100,7 +100,9 @@ def write_student_rows(gold: list[dict], labeled: Table, task_args: TaskArgument
         staging.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def train_as(name: str, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, out: Path) -> str:
+def train_as(
+    benchmark: Benchmark, name: str, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, out: Path
+) -> str:
     """One training run of the config into `out/name`. With --resume, a run that finished before the stop is
     kept, one that saved a checkpoint continues, and one that had not started starts."""
     folder = out / name
@@ -109,17 +111,19 @@ def train_as(name: str, task_args: TaskArguments, sft: SFTConfig, model_args: Mo
     run = copy.deepcopy(sft)
     run.output_dir = str(folder)
     resume = task_args.resume and any(folder.glob("checkpoint-*"))
-    return str(train(replace(task_args, resume=resume), run, copy.deepcopy(model_args)))
+    return str(train(benchmark, replace(task_args, resume=resume), run, model_args))
 
 
-def compare(distill_args: DistillArguments, model_args: ModelConfig, students: dict[str, str]) -> Evaluation:
+def compare(
+    tasks: dict[str, Task], distill_args: DistillArguments, model_args: ModelConfig, students: dict[str, str]
+) -> Evaluation:
     """Every model on the benchmark, each base loaded once: the teacher's base is scored apart if it differs."""
     student_base = base_config(
         model_args.model_name_or_path, "float32", model_args.load_in_4bit, model_args.model_revision
     )
     teacher_base = teacher_config(distill_args, model_args)
     teacher = {TEACHER: distill_args.teacher_adapter}
-    tasks, limit = tuple(distill_args.eval_tasks), distill_args.report_limit
+    limit = distill_args.report_limit
     same_base = all(
         getattr(teacher_base, key) == getattr(student_base, key)
         for key in ("model_name_or_path", "model_revision", "load_in_4bit")
@@ -134,14 +138,16 @@ def compare(distill_args: DistillArguments, model_args: ModelConfig, students: d
 
 
 def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> str:
-    """Label, train the student (and the gold-only student unless given), compare; returns the report's text."""
-    check_tasks(distill_args.eval_tasks)
+    """Label, train the student (and the gold-only student unless given), compare; returns the report's text. The
+    tasks are loaded once, and every check that can refuse the run comes before the teacher labels anything."""
+    tasks = load_tasks(distill_args.eval_tasks)
+    benchmark = load_benchmark(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
     out = Path(sft.output_dir)
     claim_outputs(distill_args, task_args, out)
     out.mkdir(parents=True, exist_ok=True)
     gold_args = replace(task_args, min_confidence=None)  # the threshold is for the teacher's labels only
-    gold = gold_rows(gold_args, model_args, sft.max_length)
-    labels = label_unlabeled(distill_args, task_args, sft, model_args, out)
+    gold, tokenizer = prepare(benchmark, gold_args, loading_args(model_args, compute_dtype(sft)), sft.max_length)
+    labels = label_unlabeled(benchmark, distill_args, task_args, sft, model_args, out)
     labeled = read_rows(
         labels,
         text_column=task_args.text_column,
@@ -149,13 +155,15 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
         min_confidence=task_args.min_confidence,
         skip_bad_rows=task_args.skip_bad_rows,
     )
-    check_lengths({TEACHER: labeled}, task_args, load_tokenizer(model_args), sft.max_length)
-    write_student_rows(gold, labeled, task_args, out / STUDENT_ROWS)
+    check_lengths(benchmark.task, {TEACHER: labeled}, tokenizer, sft.max_length, task_args.skip_bad_rows)
+    write_student_rows(gold.train_docs, labeled, task_args, out / STUDENT_ROWS)
     student_args = replace(task_args, train_file=str(out / STUDENT_ROWS), min_confidence=None, train_limit=None)
-    students = {STUDENT: train_as(STUDENT, student_args, sft, model_args, out)}
-    students[GOLD_ONLY] = distill_args.gold_only_adapter or train_as(GOLD_ONLY, gold_args, sft, model_args, out)
+    students = {STUDENT: train_as(benchmark, STUDENT, student_args, sft, model_args, out)}
+    students[GOLD_ONLY] = distill_args.gold_only_adapter or train_as(
+        benchmark, GOLD_ONLY, gold_args, sft, model_args, out
+    )
     summary = {
-        "gold_rows": len(gold),
+        "gold_rows": len(gold.train_docs),
         "teacher_labels": str(labels),
         "teacher_rows_kept": len(labeled.rows),
         "teacher_rows_below_min_confidence": labeled.below_min_confidence,
@@ -164,10 +172,9 @@ def distill(distill_args: DistillArguments, task_args: TaskArguments, sft: SFTCo
         "adapters": {TEACHER: distill_args.teacher_adapter, **students},
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
-    text = write_report(
-        compare(distill_args, model_args, students), out / REPORT, task_args.overwrite or task_args.resume
-    )
+    evaluation = compare(tasks, distill_args, model_args, students)
+    text = write_report(evaluation, out / REPORT, task_args.overwrite or task_args.resume)
     return (
-        f"{text}\nstudent: {len(gold)} gold + {len(labeled.rows)} teacher-labeled rows "
+        f"{text}\nstudent: {len(gold.train_docs)} gold + {len(labeled.rows)} teacher-labeled rows "
         f"({labeled.below_min_confidence} below min_confidence); report in {out / REPORT}\n"
     )

@@ -3,34 +3,20 @@ number of LoRA adapters (disk or Hub), with the base loaded once and the adapter
 `accelerate launch`, lm-eval's data parallelism spreads the rows over the processes."""
 
 import contextlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 from accelerate import Accelerator
 from lm_eval import simple_evaluate
+from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
-from lm_eval.tasks import TaskManager
 from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import ModelConfig
 
-from finetune import FinetuneError
-from finetune.data import TASK_GROUP, load_tasks, task_manager
+from finetune.benchmark import BASE_NAME, Evaluation, task_manager, variant_scores
 from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
-from finetune.report import BASE_NAME
-from lm_eval_tasks.tweet_sentiment.utils import LABELS
-
-METRICS = ("acc", "macro_f1", *(f"f1_{label}" for label in LABELS), "invalid")
-
-
-@dataclass
-class Evaluation:
-    base: str
-    adapters: dict[str, str]
-    results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    pairs: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)
 
 
 def adapter_names(adapters: list[str]) -> dict[str, str]:
@@ -71,58 +57,45 @@ def language_model(model: PreTrainedModel | PeftModel, tokenizer, batch_size: in
     return lm
 
 
-def run_benchmark(
-    lm: HFLM, manager: TaskManager, tasks: tuple[str, ...], limit: int | None
-) -> tuple[dict, dict] | None:
+def run_benchmark(lm: HFLM, tasks: dict[str, Task], limit: int | None) -> tuple[dict, dict] | None:
     """Scores per variant, and the (gold, answer) pair of every scored row in the task's order, through lm-eval's
-    evaluator; None on the processes other than the first, to which lm-eval gathers every row."""
-    out = simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=True, bootstrap_iters=0
+    evaluator on the tasks as loaded; None on the processes other than the first, to which lm-eval gathers every
+    row."""
+    out = simple_evaluate(  # without a manager of its own lm-eval indexes every task it ships, 14 s a call
+        model=lm,
+        tasks=list(tasks.values()),
+        task_manager=task_manager(),
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
     )
     if out is None:
         return None
-    scores = {
-        variant: {m: float(values[f"{m},none"]) for m in METRICS}
-        for variant, values in out["results"].items()
-        if variant != TASK_GROUP and "acc,none" in values
-    }
     pairs = {
         variant: [tuple(s["macro_f1"]) for s in sorted(samples, key=lambda s: s["doc_id"])]  # gathered rank by rank
         for variant, samples in out["samples"].items()
     }
-    return scores, pairs
-
-
-def check_tasks(tasks: Iterable[str]) -> TaskManager:
-    """Unknown task names and tasks whose data cannot be had, refused before any model loads (and, in `distill`,
-    before anything trains)."""
-    manager = task_manager()
-    unknown = [task for task in tasks if task not in manager.all_tasks]
-    if unknown:
-        raise FinetuneError(f"unknown task {', '.join(unknown)} (tasks: {', '.join(manager.all_tasks)})")
-    load_tasks(list(tasks), manager)
-    return manager
+    return variant_scores(out["results"]), pairs
 
 
 def evaluate(
     model_args: ModelConfig,
     adapters: list[str] | dict[str, str],
-    tasks: tuple[str, ...] = (TASK_GROUP,),
+    tasks: dict[str, Task],
     limit: int | None = None,
     batch_size: int = 16,
     allow_other_base: bool = False,
 ) -> Evaluation | None:
-    """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled).
-    Adapters are named by folder or Hub id, or as a dict names them. With several processes, the first returns
-    the whole evaluation and the others None."""
-    manager = check_tasks(tasks)
+    """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled) on the
+    loaded tasks (`benchmark.load_tasks`). Adapters are named by folder or Hub id, or as a dict names them. With
+    several processes, the first returns the whole evaluation and the others None."""
     names = adapters if isinstance(adapters, dict) else adapter_names(adapters)
     model = load_model(model_args, names, allow_other_base)
     lm = language_model(model, load_tokenizer(model_args), batch_size)
     evaluation = Evaluation(base=model_args.model_name_or_path, adapters=names)
     for name in [BASE_NAME, *names]:
         with active(model, name):
-            scored = run_benchmark(lm, manager, tasks, limit)
+            scored = run_benchmark(lm, tasks, limit)
         if scored is not None:
             evaluation.results[name], evaluation.pairs[name] = scored
     return evaluation if lm.rank == 0 else None

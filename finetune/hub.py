@@ -16,8 +16,9 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 from huggingface_hub.utils import filter_repo_objects
 
 from finetune import FinetuneError
+from finetune.benchmark import BASE_NAME
 from finetune.model import EMBEDDED, EMBEDDED_UPSTREAM, MODEL_ARGS
-from finetune.report import BASE_NAME, LOSS_PLOT, METRICS, cell, read_training_log
+from finetune.report import LOSS_PLOT, METRICS, cell, read_training_log
 from lm_eval_tasks.tweet_sentiment.utils import HUB_DATASET, HUB_REVISION
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -49,7 +50,7 @@ def push(
     if (api.token or get_token()) is None:
         raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (nothing was sent)")
     if not HUB_ID.match(repo):
-        raise HubError(f"--repo must be OWNER/NAME, got {repo!r}")
+        raise HubError(f"--repo_id must be OWNER/NAME, got {repo!r}")
     config, model_args = read_adapter(adapter)
     results = report_results(report, adapter) if report is not None else None
     card = model_card(repo, config, model_args, read_training_log(adapter), results, merged, revision)
@@ -88,7 +89,7 @@ def report_results(report: Path, adapter: Path) -> dict:
     name."""
     path = report / METRICS
     if not path.is_file():
-        raise HubError(f"{report} has no {METRICS}: run `finetune evaluate --adapter {adapter} --out {report}`")
+        raise HubError(f"{report} has no {METRICS}: run `finetune evaluate --adapter {adapter} --output_dir {report}`")
     metrics = json.loads(path.read_text())
     sources = metrics["adapters"]
     names = [n for n, s in sources.items() if Path(s).exists() and Path(s).resolve() == adapter.resolve()]
@@ -97,7 +98,7 @@ def report_results(report: Path, adapter: Path) -> dict:
         held = ", ".join(sources.values()) or "none"
         raise HubError(
             f"{path} has no results for adapter {adapter} (it holds: {held}); "
-            f"run `finetune evaluate --adapter {adapter} --out {report}`, or push without --report"
+            f"run `finetune evaluate --adapter {adapter} --output_dir {report}`, or push without --report_dir"
         )
     return {"base": metrics["results"][BASE_NAME], "adapter": metrics["results"][names[0]], "rows": metrics["rows"]}
 
@@ -159,15 +160,16 @@ def model_card(
     base_name = model_args["model_name_or_path"]
     trained_on = config.get("base_model_name_or_path") or ""
     base_model = trained_on if HUB_ID.match(trained_on) and not Path(trained_on).exists() else None
-    quantized = " --load-in-4bit" if model_args.get("load_in_4bit") else ""
+    quantized = " --load_in_4bit" if model_args.get("load_in_4bit") else ""
     base_revision = model_args.get("model_revision") or "main"
-    at_revision = "" if base_revision == "main" else f" --revision {base_revision}"
+    at_revision = "" if base_revision == "main" else f" --model_revision {base_revision}"
     # On a branch: a merged model is named with its revision, an adapter as `--adapter ID@BRANCH`; lm-eval's
     # `revision=` is the base's too, so its command reads the adapter's branch from a download
     on_branch = f",revision={revision}" if merged and revision else ""
     adapter = f"{repo.split('/')[1]}-{revision}" if revision and not merged else repo
     download = f"hf download {repo} --revision {revision} --local-dir {adapter}" if adapter != repo else None
     evaluate_adapter = f"{repo}@{revision}" if revision else repo
+    merged_revision = f" --model_revision {revision}" if revision else ""
     lm_eval_base = "$(finetune model-path embedded)" if base_name == EMBEDDED else base_name
     data = ModelCardData(
         base_model=base_model,
@@ -197,9 +199,9 @@ def model_card(
         rows=results and ", ".join(f"{variant}: {n} rows" for variant, n in sorted(results["rows"].items())),
         download=download,
         lm_eval_args=f"pretrained={repo}{on_branch}" if merged else f"pretrained={lm_eval_base},peft={adapter}",
-        evaluate_command=f"finetune evaluate --base {repo}{f' --revision {revision}' if revision else ''}"
+        evaluate_command=f"finetune evaluate --model_name_or_path {repo}{merged_revision}"
         if merged
-        else f"finetune evaluate --base {base_name} --adapter {evaluate_adapter}{at_revision}{quantized}",
+        else f"finetune evaluate --model_name_or_path {base_name} --adapter {evaluate_adapter}{at_revision}{quantized}",
     )
 
 

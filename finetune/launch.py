@@ -1,4 +1,4 @@
-"""Several processes through accelerate: `finetune CMD ... --num-processes N` runs itself again under
+"""Several processes through accelerate: `finetune CMD ... --num_processes N` runs itself again under
 accelerate's own launcher (`accelerate launch -m finetune.cli CMD ...`), as trl's CLI does for its scripts,
 and every process learns from accelerate's state which one it is and where its model goes."""
 
@@ -15,6 +15,7 @@ from accelerate.utils import parse_flag_from_env
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from finetune import FinetuneError
+from finetune.flags import option, positive_int
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
 # The commands whose work is spread over processes; the others are one process's job.
@@ -26,24 +27,17 @@ USE_CPU = "ACCELERATE_USE_CPU"
 LAUNCH_FLAGS = "FINETUNE_LAUNCH_FLAGS"
 
 
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return number
-
-
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("several processes, one host (accelerate launch)")
-    group.add_argument(
-        "--num-processes",
-        "--num_processes",
+    option(
+        group,
+        "num_processes",
         type=positive_int,
-        help="processes to run, one a GPU (gloo CPU processes without); with --accelerate-config alone, one a GPU",
+        help="processes to run, one a GPU (gloo CPU processes without); with --accelerate_config alone, one a GPU",
     )
-    group.add_argument(
-        "--accelerate-config",
-        "--accelerate_config",
+    option(
+        group,
+        "accelerate_config",
         help="accelerate config file, or a shipped one: " + ", ".join(sorted(shipped_configs())),
     )
 
@@ -69,13 +63,13 @@ def launch_flags(launch: argparse.Namespace) -> list[str]:
         return shlex.split(os.environ[LAUNCH_FLAGS])
     flags = []
     if launch.num_processes is not None:
-        flags += ["--num-processes", str(launch.num_processes)]
+        flags += ["--num_processes", str(launch.num_processes)]
     if launch.accelerate_config is not None:
-        flags += ["--accelerate-config", launch.accelerate_config]
+        flags += ["--accelerate_config", launch.accelerate_config]
     if flags:
         return flags
     processes = process_state().num_processes
-    return ["--num-processes", str(processes)] if processes > 1 else []
+    return ["--num_processes", str(processes)] if processes > 1 else []
 
 
 def wants_launch(launch: argparse.Namespace) -> bool:
@@ -130,6 +124,12 @@ def launch_failure(err: ChildFailedError) -> FinetuneError:
     stopped = FinetuneError(f"accelerate launch: {failed}, stopped by a signal after the same step")
     stopped.exit_code = codes.pop()
     return stopped
+
+
+def is_main_process() -> bool:
+    """The process that speaks and writes for all: the only one, or rank 0 of those torch's launcher started (it
+    sets RANK in each), asked without setting up accelerate's state."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def process_state() -> PartialState:

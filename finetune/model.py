@@ -131,7 +131,7 @@ def load_model(
 def adapter_at(source: str) -> tuple[str, dict[str, str]]:
     """What peft loads for `--adapter`, and how: a folder that exists is a folder, even with '@' in its name;
     otherwise `ID@REVISION` (a branch, tag, `refs/pr/N` or commit) is the Hub id, split at the first '@' (a Hub id
-    has none, a branch may), and peft's `revision=` for that adapter alone, since `--revision` is the base's."""
+    has none, a branch may), and peft's `revision=` for that adapter alone, since `--model_revision` is the base's."""
     if Path(source).exists() or "@" not in source:
         return source, {}
     model_id, revision = source.split("@", 1)
@@ -258,7 +258,7 @@ def check_base_revision(model_args: ModelConfig, source: str, allow_other_base: 
     if trained != given:
         raise AdapterMismatch(
             f"adapter {source} was trained on its base at revision {trained!r}, not {given!r}: "
-            f"pass --revision {trained} (or --allow-other-base)"
+            f"pass --model_revision {trained} (or --allow_other_base)"
         )
 
 
@@ -271,7 +271,7 @@ def check_adapter_fits(
     if trained_on and _model_name(trained_on) != _model_name(base) and not allow_other_base:
         raise AdapterMismatch(
             f"adapter {source} was trained on {trained_on!r}, not on {base!r} "
-            "(pass --allow-other-base if they are the same model)"
+            "(pass --allow_other_base if they are the same model)"
         )
     modules = dict(model.named_modules())
     model_id, at = adapter_at(source)

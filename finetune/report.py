@@ -3,7 +3,6 @@ evaluation (metrics.json, report.md, the before -> after comparison and confusio
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,18 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
+from finetune.benchmark import BASE_NAME, Evaluation  # noqa: E402
 from finetune.outputs import written  # noqa: E402
 from lm_eval_tasks.tweet_sentiment.utils import INVALID, LABELS  # noqa: E402
-
-if TYPE_CHECKING:
-    from finetune.evaluate import Evaluation
 
 SHOWN_METRICS = ("acc", "macro_f1", "invalid")
 ANSWER_NAMES = [*LABELS, "invalid"]
 TRAIN_LOG = "train_log.json"
 LOSS_PLOT = "training_loss.png"
 METRICS = "metrics.json"
-BASE_NAME = "base"  # the base model's row in every comparison, scored with its adapters switched off
 # Answers have collapsed when one label takes at least this share of a model's answers on a variant; the gold
 # labels are 28-40% each, and a classifier that is right 80% of the time gives none of them more than ~50%.
 COLLAPSE_SHARE = 0.9
@@ -42,14 +38,14 @@ def read_training_log(adapter: Path) -> list[dict]:
     return json.loads(log.read_text()) if log.is_file() else []
 
 
-def write_report(evaluation: "Evaluation", out: Path, overwrite: bool = False) -> str:
+def write_report(evaluation: Evaluation, out: Path, overwrite: bool = False) -> str:
     """metrics.json, answers.json, report.md, the comparison and confusion PNGs, and each local adapter's loss
     curve; written beside `out` and renamed into place."""
     with written(out, overwrite) as staging:
         return fill_report(evaluation, staging)
 
 
-def fill_report(evaluation: "Evaluation", out: Path) -> str:
+def fill_report(evaluation: Evaluation, out: Path) -> str:
     rows = {variant: len(pairs) for variant, pairs in next(iter(evaluation.pairs.values())).items()}
     found = warnings(evaluation)
     meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows, "warnings": found}
@@ -72,7 +68,7 @@ def fill_report(evaluation: "Evaluation", out: Path) -> str:
     return text
 
 
-def warnings(evaluation: "Evaluation") -> list[str]:
+def warnings(evaluation: Evaluation) -> list[str]:
     """What a table of scores hides: answers that collapsed onto one label, and adapters that score below the base
     (both were seen: an adapter answering `neutral` for 295 of 300 rows, its macro-F1 down from 0.45 to 0.22), and
     a label that no scored gold row has (a `--limit` run), whose F1 counts as 0 in every model's macro-F1."""

@@ -5,7 +5,7 @@ changed."""
 from pathlib import Path
 
 from finetune import FinetuneError
-from finetune.data import TASK_GROUP, tasks_path
+from finetune.benchmark import TASK_GROUP, tasks_path
 
 # The folder `finetune tasks-path --link` makes inside lm-eval's own task folder (named after this project, so it
 # cannot clash with a task folder lm-eval ships).

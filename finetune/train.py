@@ -1,44 +1,28 @@
 """`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers, with
 checkpoints judged by the benchmark's own measure."""
 
-import json
 import shutil
-import signal
-import threading
-from collections.abc import Iterator
-from itertools import islice
+from dataclasses import replace
 from pathlib import Path
 
-import torch
+from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from torch.utils.data import DataLoader, Dataset, Sampler
-from transformers import (
-    PreTrainedTokenizerBase,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
-)
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers import PreTrainedTokenizerBase
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from finetune import FinetuneError
+from finetune.benchmark import Benchmark, choice_macro_f1, load_benchmark
 from finetune.config import TaskArguments
-from finetune.data import (
-    Table,
-    check_training_task,
-    drop_too_long,
-    load_task,
-    prompt_completion,
-    read_rows,
-    training_sets,
-)
-from finetune.launch import process_state, under_fsdp
+from finetune.dataset import DATA_REPORT, TrainingData, training_data, user_tables
+from finetune.interrupt import Interrupted, StopOnSignal, interrupted_message
+from finetune.launch import is_main_process, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
 from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
-from finetune.predict import PREDICT_TASK, choice_macro_f1
 from finetune.report import write_training_log
+from finetune.sampler import StepBalancedSampler
 
 
 def compute_dtype(sft: SFTConfig) -> str:
@@ -50,51 +34,17 @@ def compute_dtype(sft: SFTConfig) -> str:
     return "float32"
 
 
-def step_balanced_order(
-    lengths: list[int], per_device: int, processes: int, mega_batch_mult: int, generator: torch.Generator | None = None
-) -> list[int]:
-    """transformers' length-grouped order over mega-batches of whole steps, each step's rows dealt one by one.
-
-    accelerate hands a step's consecutive batches to the processes in turn; with transformers' order they are
-    batches of different lengths and every process waits for the longest (on the pinned 3,200 rows that caps 4
-    GPUs at 2.96x one, `bench/ddp_balance.py`). Dealt this way, batch p of a step holds its sorted rows p, p + N,
-    p + 2N..., as long as its neighbours' batches: no sampler of transformers or accelerate orders rows so."""
-    world = per_device * processes
-    order = get_length_grouped_indices(lengths, world, mega_batch_mult=mega_batch_mult, generator=generator)
-    dealt = []
-    for start in range(0, len(order), world):
-        step = order[start : start + world]
-        if len(step) < world:  # the epoch's last, partial step: left as transformers orders it
-            dealt.extend(step)
-            continue
-        dealt.extend(row for process in range(processes) for row in step[process::processes])
-    return dealt
-
-
-class StepBalancedSampler(Sampler[int]):
-    """`group_by_length` drawn from the run's seed and the epoch, and on several processes with each step's rows
-    of the same lengths on every process. Its mega-batches hold as many steps as transformers' single-process
-    ones hold batches, so a process's batch spans the same share of the sorted rows and pads as much as it would
-    alone. transformers' own sampler draws from the global generator, whose state when a run resumed after its
-    first epoch is not the uninterrupted run's: the resumed epoch skipped the first batches of another order."""
-
-    def __init__(self, grouped: LengthGroupedSampler, per_device: int, processes: int, seed: int) -> None:
-        self.lengths = grouped.lengths
-        self.per_device, self.processes = per_device, processes
-        self.mega_batch_mult = max(1, min(len(self.lengths) // (grouped.batch_size * 4), 50))  # transformers' rule
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer before each epoch, a resumed one included."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = step_balanced_order(self.lengths, self.per_device, self.processes, self.mega_batch_mult, generator)
-        return iter(order)
+def loading_args(model_args: ModelConfig, dtype: str) -> ModelConfig:
+    """How the base loads for this run, as a new config (the parsed one is left as the user gave it): in the
+    mixed-precision mode's `dtype` (`compute_dtype`), and under FSDP with the 4-bit weights packed into that dtype,
+    since FSDP shards floating-point tensors only (peft's FSDP + QLoRA guide; every trainable weight shares it,
+    which rules out fp16's fp32 LoRA)."""
+    loading = replace(model_args, dtype=dtype)
+    if not (under_fsdp() and loading.load_in_4bit):
+        return loading
+    if loading.dtype != "bfloat16":
+        raise FinetuneError(f"FSDP + QLoRA trains in bf16 here, not {loading.dtype}: pass --bf16 true --fp16 false")
+    return replace(loading, bnb_4bit_quant_storage=loading.dtype)
 
 
 class BenchmarkSFTTrainer(SFTTrainer):
@@ -109,16 +59,17 @@ class BenchmarkSFTTrainer(SFTTrainer):
     def __init__(
         self,
         *args,
+        choices: Task,
         validation_docs: list[dict],
         validation_loss: bool = True,
         balance_length_groups: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.choices = choices
         self.validation_docs = validation_docs
         self.validation_loss = validation_loss
         self.balance_length_groups = balance_length_groups
-        self.scoring_task = load_task(PREDICT_TASK)
         self._lm: HFLM | None = None
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
@@ -137,7 +88,7 @@ class BenchmarkSFTTrainer(SFTTrainer):
                 batch_size=self.args.per_device_eval_batch_size,
             )
         with self.compute_loss_context_manager():
-            return choice_macro_f1(self._lm, self.scoring_task, self.validation_docs, self.args.disable_tqdm)
+            return choice_macro_f1(self._lm, self.choices, self.validation_docs, self.args.disable_tqdm)
 
     def evaluation_loop(
         self,
@@ -160,69 +111,25 @@ class BenchmarkSFTTrainer(SFTTrainer):
         return output
 
 
-DATA_REPORT = "data_report.json"
-
-
-def user_tables(task_args: TaskArguments) -> dict[str, Table]:
-    """The user's train and validation files, checked row by row before any model is loaded. --min_confidence
-    filters the training rows only: checkpoints chosen on the confident (easy) rows alone would be chosen on
-    another task."""
-    files = {"train": task_args.train_file, "validation": task_args.validation_file}
-    return {
-        split: read_rows(
-            Path(path),
-            text_column=task_args.text_column,
-            label_column=task_args.label_column,
-            min_confidence=task_args.min_confidence if split == "train" else None,
-            skip_bad_rows=task_args.skip_bad_rows,
-        )
-        for split, path in files.items()
-        if path
-    }
-
-
-def check_lengths(
-    tables: dict[str, Table], task_args: TaskArguments, tokenizer: PreTrainedTokenizerBase, max_length: int | None
-) -> None:
-    """Each row's prompt, answer and EOS in tokens against trl's `max_length`, beyond which the answer is cut."""
-    if not tables or max_length is None:
-        return
-    task = load_task(task_args.task)
-    for table in tables.values():
-        pairs = prompt_completion(task, table.rows)
-        ids = tokenizer([p + c for p, c in zip(pairs["prompt"], pairs["completion"])])["input_ids"]
-        drop_too_long(table, [len(row) + 1 for row in ids], max_length, task_args.skip_bad_rows)
-
-
 def build_trainer(
-    task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, tables: dict[str, Table] | None = None
+    benchmark: Benchmark,
+    data: TrainingData,
+    task_args: TaskArguments,
+    sft: SFTConfig,
+    model_args: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> BenchmarkSFTTrainer:
-    """An SFTTrainer on the task's prompt-completion pairs (the pinned splits or the user's files, through the
-    task's own prompt): loss on the answer and EOS only; checkpoints also scored by validation macro-F1."""
-    model_args.dtype = compute_dtype(sft)
-    if under_fsdp() and model_args.load_in_4bit:
-        shard_4bit_weights(model_args)
-    tokenizer = load_tokenizer(model_args)
-    if tables is None:
-        tables = user_tables(task_args)
-        check_lengths(tables, task_args, tokenizer, sft.max_length)
-    task = load_task(task_args.task)
-    validation = tables["validation"].rows if "validation" in tables else task.validation_docs()
-    validation = list(islice(validation, task_args.eval_limit))
-    train_set, eval_set = training_sets(
-        task,
-        task_args.train_limit,
-        train_docs=tables["train"].rows if "train" in tables else None,
-        validation_docs=validation,
-    )
+    """An SFTTrainer on the run's prompt-completion pairs: loss on the answer and EOS only; checkpoints also scored
+    by validation macro-F1. `model_args` is how the base loads (`loading_args`)."""
     trainer = BenchmarkSFTTrainer(
         model=load_model(model_args),
         args=sft,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        validation_docs=validation,
+        choices=benchmark.choices,
+        validation_docs=data.validation_docs,
         validation_loss=task_args.validation_loss,
         balance_length_groups=task_args.balance_length_groups,
     )
@@ -234,63 +141,6 @@ def build_trainer(
             if param.requires_grad:
                 param.data = param.data.float()
     return trainer
-
-
-class Interrupted(FinetuneError):
-    """Training stopped by a signal after saving a checkpoint; the process exits as the signal would."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class StopOnSignal(TrainerCallback):
-    """SIGTERM (a preempted machine) or SIGINT (Ctrl-C) ends training at the end of the current step with a
-    checkpoint, through the Trainer's own controls; a second signal acts as it would without us."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received: signal.Signals | None = None
-        self.previous: dict[int, object] = {}
-        self.processes: torch.distributed.ProcessGroup | None = None
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {number: signal.signal(number, self.handle) for number in self.SIGNALS}
-        if args.world_size > 1:
-            self.processes = torch.distributed.new_group(backend="gloo")
-
-    def handle(self, number: int, frame: object) -> None:
-        self.received = signal.Signals(number)
-        self.restore()
-
-    def restore(self) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        self.previous = {}
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
-        if self.processes is not None:
-            self.received = self.received_by_any(self.processes)
-        if self.received is not None:
-            control.should_save = True
-            control.should_training_stop = True
-
-    def received_by_any(self, processes: torch.distributed.ProcessGroup) -> signal.Signals | None:
-        """The signal any process has received, agreed by all after every step: a signal reaches the processes on
-        either side of a step's end, and one process stopping alone would save while the others wait for it in
-        the next step's all-reduce. The flag goes through a CPU (gloo) group: read back from a GPU, it would make
-        every step wait for its queued kernels before the next step's are launched."""
-        number = torch.tensor(self.received or 0)
-        torch.distributed.all_reduce(number, op=torch.distributed.ReduceOp.MAX, group=processes)
-        return signal.Signals(number.item()) if number.item() else None
-
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
-        self.restore()
-        if self.processes is not None:
-            torch.distributed.destroy_process_group(self.processes)
-            self.processes = None
 
 
 def claim_run_folder(out: Path, task_args: TaskArguments) -> Path | None:
@@ -306,15 +156,7 @@ def claim_run_folder(out: Path, task_args: TaskArguments) -> Path | None:
             f"{out}: the folder is not empty; pass --resume true to continue its run, or --overwrite true to replace it"
         )
     check_output(out, overwrite=True)
-    return set_aside(out) if is_used(out) and process_state().is_main_process else None
-
-
-def shard_4bit_weights(model_args: ModelConfig) -> None:
-    """FSDP shards floating-point tensors only: the 4-bit weights are packed into the compute dtype, the base is
-    loaded in it (peft's FSDP + QLoRA guide), and every trainable weight shares it, which rules out fp16's fp32 LoRA."""
-    if model_args.dtype != "bfloat16":
-        raise FinetuneError(f"FSDP + QLoRA trains in bf16 here, not {model_args.dtype}: pass --bf16 true --fp16 false")
-    model_args.bnb_4bit_quant_storage = model_args.dtype
+    return set_aside(out) if is_used(out) and is_main_process() else None
 
 
 def effective_batch(sft: SFTConfig) -> str:
@@ -326,36 +168,51 @@ def effective_batch(sft: SFTConfig) -> str:
     )
 
 
-def checked_data(task_args: TaskArguments, model_args: ModelConfig, max_length: int | None) -> dict[str, Table]:
-    """What a training run checks before any model loads, each in one line: the task, the user's files row by
-    row, the base, and each row's length in the base's tokens. Returns the user's files."""
-    check_training_task(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
+def prepare(
+    benchmark: Benchmark, task_args: TaskArguments, model_args: ModelConfig, max_length: int | None
+) -> tuple[TrainingData, PreTrainedTokenizerBase]:
+    """What a run checks before any model loads, each in one line: the user's files row by row, the base, and each
+    row's length in the base's tokens. Returns the run's rows and the base's tokenizer."""
     tables = user_tables(task_args)
     check_base(model_args)
-    check_lengths(tables, task_args, load_tokenizer(model_args), max_length)
-    return tables
+    tokenizer = load_tokenizer(model_args)
+    return training_data(benchmark, tables, task_args, tokenizer, max_length), tokenizer
 
 
-def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, resume_command: str | None = None) -> Path:
+def trainer_for(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig) -> BenchmarkSFTTrainer:
+    """The trainer `finetune train` would run on these configs, its folder not claimed: for benchmarks and tests."""
+    benchmark = load_benchmark(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
+    model_args = loading_args(model_args, compute_dtype(sft))
+    data, tokenizer = prepare(benchmark, task_args, model_args, sft.max_length)
+    return build_trainer(benchmark, data, task_args, sft, model_args, tokenizer)
+
+
+def train(
+    benchmark: Benchmark,
+    task_args: TaskArguments,
+    sft: SFTConfig,
+    model_args: ModelConfig,
+    resume_command: str | None = None,
+) -> Path:
     """Train, keep the best adapter, and save it with how its base was loaded, its loss curve and the report of
     the user's files. The final files are written beside the run folder and renamed into it; a signal stops the
     run with a checkpoint and `Interrupted`, whose message says how to resume."""
     out = Path(sft.output_dir)
-    model_args.dtype = compute_dtype(sft)
-    tables = checked_data(task_args, model_args, sft.max_length)
+    model_args = loading_args(model_args, compute_dtype(sft))
+    data, tokenizer = prepare(benchmark, task_args, model_args, sft.max_length)
     replaced = claim_run_folder(out, task_args)
     stop = StopOnSignal()
     try:
-        trainer = build_trainer(task_args, sft, model_args, tables)
+        trainer = build_trainer(benchmark, data, task_args, sft, model_args, tokenizer)
         trainer.add_callback(stop)
-        if trainer.is_world_process_zero():
+        if is_main_process():
             print(f"finetune train: {effective_batch(trainer.args)}", flush=True)
         trainer.train(resume_from_checkpoint=True if task_args.resume else None)
         stopped = stop.received is not None and trainer.state.global_step < trainer.state.max_steps
         if stopped:
             trainer.accelerator.wait_for_everyone()  # process zero's checkpoint is whole before any process exits
-        elif trainer.is_world_process_zero():
-            save_adapter(trainer, out, model_args, tables)
+        elif is_main_process():
+            save_adapter(trainer, out, model_args, data)
         else:
             trainer.save_model()  # a collective call under DeepSpeed and FSDP; only process zero writes
     except BaseException:  # the run it replaces is put back, unless a signal stopped this one with a checkpoint
@@ -372,7 +229,7 @@ def train(task_args: TaskArguments, sft: SFTConfig, model_args: ModelConfig, res
     return out
 
 
-def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, tables: dict[str, Table]) -> None:
+def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, data: TrainingData) -> None:
     """The adapter, how its base was loaded, its loss curve and the data report, written beside the run folder and
     renamed into it file by file: the checkpoints stay where the Trainer and `--resume` find them."""
     staging = out.with_name(f".{out.name}.final.tmp")
@@ -381,23 +238,10 @@ def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, tables
         trainer.save_model(str(staging))
         save_model_args(model_args, staging)
         write_training_log(trainer.state.log_history, staging)
-        if tables:  # `used`: after train_limit / eval_limit, which apply to the user's files too
-            used = {"train": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
-            report = {split: {**table.report(), "used": used[split]} for split, table in tables.items()}
-            (staging / DATA_REPORT).write_text(json.dumps(report, indent=1))
+        report = data.report()
+        if report is not None:
+            (staging / DATA_REPORT).write_text(report)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     move_into(staging, out)
-
-
-def interrupted_message(
-    received: signal.Signals, state: TrainerState, out: Path, replaced: Path | None, command: str | None
-) -> str:
-    message = (
-        f"stopped by {received.name} after step {state.global_step} of {state.max_steps}; checkpoint saved in "
-        f"{out / f'checkpoint-{state.global_step}'}; resume with: {command or 'the same command and --resume true'}"
-    )
-    if replaced is not None:
-        message += f" (the run it replaces is kept in {replaced.parent}: delete it when this one is done)"
-    return message

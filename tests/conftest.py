@@ -73,11 +73,13 @@ def train_tiny() -> Callable[..., Path]:
     """`finetune train tests/tiny.yaml --model_name_or_path MODEL --output_dir OUT [overrides]`, in-process."""
 
     def run(model_dir: Path, out: Path, *overrides: str) -> Path:
+        from finetune.benchmark import load_benchmark
         from finetune.config import parse_train_args
         from finetune.train import train
 
         argv = [str(TINY_CONFIG), "--model_name_or_path", str(model_dir), "--output_dir", str(out), *overrides]
-        return train(*parse_train_args(argv))
+        task_args, sft, model_args = parse_train_args(argv)
+        return train(load_benchmark(task_args.task), task_args, sft, model_args)
 
     return run
 

@@ -27,11 +27,17 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         (["train", str(TINY_CONFIG), "--lora_rr", "3"], "unrecognized arguments: --lora_rr (did you mean --lora_r?)"),
         (["train", str(TINY_CONFIG), "--learnig_rate", "1"], "(did you mean --learning_rate?)"),
         (["evaluate", "--limt", "3"], "unrecognized arguments: --limt (did you mean --limit?)"),
-        (["predict", "--input", "a.jsonl", "--output", "b.jsonl", "--batchsize", "2"], "(did you mean --batch-size?)"),
+        (
+            ["predict", "--input_file", "a.jsonl", "--output_file", "b.jsonl", "--batchsize", "2"],
+            "(did you mean --batch_size?)",
+        ),
         (["train", str(TINY_CONFIG), "--lora_r", "abc"], "argument --lora_r/--lora-r: invalid int value: 'abc'"),
-        (["predict", "--input", "a.jsonl"], "the following arguments are required: --output"),
+        (["predict", "--input_file", "a.jsonl"], "the following arguments are required: --output_file/--output-file"),
         (["evaluate", "--limit", "0"], "argument --limit: 0 is not a positive whole number"),
-        (["predict", "--input", "a", "--output", "b", "--batch-size", "-2"], "-2 is not a positive whole number"),
+        (
+            ["predict", "--input_file", "a", "--output_file", "b", "--batch_size", "-2"],
+            "-2 is not a positive whole number",
+        ),
         (["train", "no-such-preset"], "no config file 'no-such-preset' and no preset of that name (presets: "),
     ],
 )
@@ -51,7 +57,7 @@ def test_an_unknown_key_in_a_config_file_names_the_file_and_the_closest_key(tmp_
 
 def test_a_missing_input_file_is_one_line(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "missing.jsonl"
-    assert error_of(["predict", "--input", str(missing), "--output", str(tmp_path / "o.jsonl")], capsys) == (
+    assert error_of(["predict", "--input_file", str(missing), "--output_file", str(tmp_path / "o.jsonl")], capsys) == (
         f"finetune predict: error: {missing}: no such file"
     )
     assert error_of(["train", str(TINY_CONFIG), "--train_file", str(missing)], capsys) == (
@@ -85,7 +91,9 @@ def test_bad_base_models_are_named_before_loading(tmp_path: Path, capsys) -> Non
     }
     for base, why in cases.items():
         out = tmp_path / "out.jsonl"
-        predict = error_of(["predict", "--model", base, "--input", str(source), "--output", str(out)], capsys)
+        predict = error_of(
+            ["predict", "--model_name_or_path", base, "--input_file", str(source), "--output_file", str(out)], capsys
+        )
         assert predict.startswith(f"finetune predict: error: {base}: {why}")
         train = error_of(["train", str(TINY_CONFIG), "--model_name_or_path", base], capsys)
         assert train.startswith(f"finetune train: error: {base}: {why}")
@@ -104,15 +112,37 @@ def test_a_model_too_big_for_this_machine_is_refused_from_its_config_alone(tmp_p
     (huge / "model.safetensors").write_bytes(b"")
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "hello"}\n')
-    line = error_of(["predict", "--model", str(huge), "--input", str(source), "--output", str(tmp_path / "o.jsonl"),
-                     "--dtype", "bfloat16"], capsys)  # fmt: skip
+    line = error_of(
+        [
+            "predict",
+            "--model_name_or_path",
+            str(huge),
+            "--input_file",
+            str(source),
+            "--output_file",
+            str(tmp_path / "o.jsonl"),
+            "--dtype",
+            "bfloat16",
+        ],
+        capsys,
+    )
     assert line.startswith(f"finetune predict: error: {huge}: its weights need at least 756.0 GiB in bfloat16, more ")
     assert line.endswith("free on this machine (RAM); load it in 4 bits or use a larger device")
 
 
 def test_a_missing_adapter_is_one_line(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    line = error_of(["merge", "--base", str(tiny_model_dir), "--adapter", str(tmp_path / "nope"), "--out",
-                     str(tmp_path / "m")], capsys)  # fmt: skip
+    line = error_of(
+        [
+            "merge",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tmp_path / "nope"),
+            "--output_dir",
+            str(tmp_path / "m"),
+        ],
+        capsys,
+    )
     assert line.startswith(
         f"finetune merge: error: no adapter at {tmp_path / 'nope'}: not a folder with adapter_config"
     )
@@ -125,7 +155,7 @@ def test_a_config_without_a_base_model_says_so(capsys) -> None:
 
 
 def test_an_unknown_task_is_named_with_the_known_ones(tmp_path: Path, capsys) -> None:
-    assert error_of(["evaluate", "--tasks", "tweet_sentiment_gne", "--out", str(tmp_path / "r")], capsys) == (
+    assert error_of(["evaluate", "--tasks", "tweet_sentiment_gne", "--output_dir", str(tmp_path / "r")], capsys) == (
         "finetune evaluate: error: unknown task tweet_sentiment_gne (tasks: tweet_sentiment, tweet_sentiment_full, "
         "tweet_sentiment_gen, tweet_sentiment_gen_full, tweet_sentiment_gen_trainfull, tweet_sentiment_mc, "
         "tweet_sentiment_mc_full)"
@@ -136,7 +166,14 @@ def test_a_task_whose_data_cannot_be_had_or_a_task_listed_twice_is_one_line(
     tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TWEET_SENTIMENT_DATA_DIR", str(tmp_path))  # a folder without the source's test.jsonl
-    evaluate = ["evaluate", "--base", str(tmp_path / "absent"), "--out", str(tmp_path / "report"), "--tasks"]
+    evaluate = [
+        "evaluate",
+        "--model_name_or_path",
+        str(tmp_path / "absent"),
+        "--output_dir",
+        str(tmp_path / "report"),
+        "--tasks",
+    ]
     assert error_of([*evaluate, "tweet_sentiment_full"], capsys) == (
         f"finetune evaluate: error: task tweet_sentiment_full: Unable to find '{tmp_path / 'test.jsonl'}'"
     )
@@ -165,14 +202,21 @@ def test_training_takes_a_generative_task_by_its_name_before_anything_loads(tmp_
 
 
 def test_launch_flags_are_judged_before_the_command_and_in_one_line(capsys) -> None:
-    assert error_of(["evaluate", "--num-processes", "0"], capsys) == (
-        "finetune: error: argument --num-processes/--num_processes: 0 is not a positive whole number"
+    assert error_of(["evaluate", "--num_processes", "0"], capsys) == (
+        "finetune: error: argument --num_processes/--num-processes: 0 is not a positive whole number"
     )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed here")
 def test_a_4_bit_base_without_bitsandbytes_says_what_to_install(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
-    evaluate = ["evaluate", "--base", str(tiny_model_dir), "--load-in-4bit", "--out", str(tmp_path / "report")]
+    evaluate = [
+        "evaluate",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--load_in_4bit",
+        "--output_dir",
+        str(tmp_path / "report"),
+    ]
     assert error_of(evaluate, capsys) == (
         "finetune evaluate: error: a 4-bit or 8-bit base needs bitsandbytes (and a GPU): pip install -e '.[gpu]'"
     )

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune.benchmark import TRAIN_TASK, load_tasks
 from finetune.cli import main
-from finetune.data import load_task
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 UNLABELED = 24
@@ -32,7 +32,7 @@ def jsonl(path: Path) -> list[dict]:
 def unlabeled_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Test rows with their labels withheld: only an id and the text."""
     path = tmp_path_factory.mktemp("unlabeled") / "unlabeled.jsonl"
-    docs = list(load_task("tweet_sentiment_mc").test_docs())[:UNLABELED]
+    docs = list(load_tasks(["tweet_sentiment_mc"])["tweet_sentiment_mc"].test_docs())[:UNLABELED]
     path.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
     return path
 
@@ -47,7 +47,7 @@ def distilled(tiny_model_dir: Path, tiny_adapter_dir: Path, unlabeled_file: Path
 def test_the_student_learns_from_the_gold_rows_and_every_teacher_label(distilled: Path) -> None:
     labels = jsonl(distilled / "teacher_labels.jsonl")
     rows = jsonl(distilled / "student_train.jsonl")
-    gold = list(load_task().training_docs())[:GOLD]
+    gold = list(load_tasks([TRAIN_TASK])[TRAIN_TASK].training_docs())[:GOLD]
     assert [(r["id"], r["label"]) for r in rows if r["source"] == "gold"] == [(d["id"], d["label_text"]) for d in gold]
     assert [(r["id"], r["label"]) for r in rows if r["source"] == "teacher"] == [
         (f"teacher:{r['id']}", r["prediction"]) for r in labels
@@ -73,7 +73,7 @@ def test_a_second_run_reuses_labels_and_gold_only_student_and_filters_by_confide
     labels = distilled / "teacher_labels.jsonl"
     threshold = statistics.median(r["confidence"] for r in jsonl(labels))
     gold = tmp_path / "gold.csv"  # the user's own gold rows: no `confidence` column, which the threshold must not need
-    docs = list(load_task().training_docs())[:GOLD]
+    docs = list(load_tasks([TRAIN_TASK])[TRAIN_TASK].training_docs())[:GOLD]
     ids = [r["id"] for r in jsonl(labels)] + [d["id"] for d in docs[UNLABELED:]]  # numbered as the unlabeled rows
     with gold.open("w", newline="") as f:
         csv.writer(f).writerows(

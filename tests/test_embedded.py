@@ -12,6 +12,7 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 from trl import get_peft_config
 
+from finetune.benchmark import TASK_GROUP, load_tasks
 from finetune.config import parse_train_args
 from finetune.demo import DEMO_PRESET
 from finetune.evaluate import evaluate
@@ -47,7 +48,7 @@ def test_model_path_prints_the_folder_for_a_shell(embedded: str) -> None:
 
 
 def test_embedded_gives_its_known_answers(embedded: str) -> None:
-    evaluation = evaluate(base_config("embedded"), [], limit=6)
+    evaluation = evaluate(base_config("embedded"), [], load_tasks([TASK_GROUP]), limit=6)
     assert evaluation.pairs["base"] == KNOWN_ANSWERS
 
 

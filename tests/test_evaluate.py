@@ -13,7 +13,8 @@ from trl import ModelConfig
 
 import finetune.model as model_module
 from finetune import FinetuneError
-from finetune.evaluate import BASE_NAME, active, evaluate
+from finetune.benchmark import BASE_NAME, TASK_GROUP, load_tasks
+from finetune.evaluate import active, evaluate
 from finetune.model import AdapterMismatch, adapter_at, base_config, check_fits, load_model
 from finetune.report import write_report
 
@@ -59,7 +60,9 @@ def test_an_adapter_folder_with_dots_or_an_at_sign_in_its_name_is_scored(
     tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, folder: str, name: str
 ) -> None:
     copy = shutil.copytree(tiny_adapter_dir, tmp_path / folder)
-    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(copy)], tasks=("tweet_sentiment_mc",), limit=4)
+    evaluation = evaluate(
+        base_config(str(tiny_model_dir)), [str(copy)], tasks=load_tasks(["tweet_sentiment_mc"]), limit=4
+    )
     assert evaluation.adapters == {name: str(copy)}
     assert len(evaluation.pairs[name]["tweet_sentiment_mc"]) == 4
 
@@ -70,7 +73,7 @@ def test_an_adapter_is_scored_on_the_base_revision_it_was_trained_on_or_refused(
     adapter = shutil.copytree(tiny_adapter_dir, tmp_path / "at-v1")
     recorded = json.loads((adapter / "model_args.json").read_text())
     (adapter / "model_args.json").write_text(json.dumps({**recorded, "model_revision": "v1"}))
-    with pytest.raises(AdapterMismatch, match=r"at revision 'v1', not 'main': pass --revision v1"):
+    with pytest.raises(AdapterMismatch, match=r"at revision 'v1', not 'main': pass --model_revision v1"):
         load_model(base_config(str(tiny_model_dir)), {"a": str(adapter)})
     assert load_model(base_config(str(tiny_model_dir)), {"a": str(adapter)}, allow_other_base=True) is not None
     assert load_model(base_config(str(tiny_model_dir)), {"a": str(tiny_adapter_dir)}) is not None
@@ -106,7 +109,12 @@ def test_base_is_loaded_once_for_a_comparison_of_two_adapters(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model_module, "create_model_from_path", counting)
-    evaluation = evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir), str(second_adapter_dir)], limit=4)
+    evaluation = evaluate(
+        base_config(str(tiny_model_dir)),
+        [str(tiny_adapter_dir), str(second_adapter_dir)],
+        load_tasks([TASK_GROUP]),
+        limit=4,
+    )
     assert loads == [str(tiny_model_dir)]
     assert list(evaluation.results) == [BASE_NAME, "tiny-adapter", "other-adapter"]
 

@@ -20,6 +20,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from finetune.benchmark import TASK_GROUP, load_tasks
 from finetune.evaluate import evaluate
 from finetune.hub import (
     ADAPTER_PATTERNS,
@@ -36,8 +37,14 @@ from finetune.report import read_training_log, write_report
 
 TOKEN, USER = "test-token", "tester"
 # what an adapter repo holds: weights and config, how the base was loaded, the tokenizer, the loss curve
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "model_args.json", "tokenizer.json",
-                 "tokenizer_config.json", "training_loss.png")  # fmt: skip
+ADAPTER_FILES = (
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "model_args.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_loss.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +62,11 @@ def api(hub: HubServer) -> HfApi:
 
 @pytest.fixture(scope="module")
 def report(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real `finetune evaluate` report of the local adapter: what `push --report` publishes."""
+    """A real `finetune evaluate` report of the local adapter: what `push --report_dir` publishes."""
     out = tmp_path_factory.mktemp("report")
-    write_report(evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], limit=4), out)
+    write_report(
+        evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], load_tasks([TASK_GROUP]), limit=4), out
+    )
     return out
 
 
@@ -142,7 +151,7 @@ def test_the_card_carries_the_reported_numbers_and_how_to_reproduce_them(
     before, after = results["base"]["tweet_sentiment_gen"]["acc"], results["adapter"]["tweet_sentiment_gen"]["acc"]
     assert f"| tweet_sentiment_gen | {before:.3f} → {after:.3f} |" in card.text
     assert f"--model_args pretrained={tiny_model_dir},peft=me/tiny\n" in card.text
-    assert f"finetune evaluate --base {tiny_model_dir} --adapter me/tiny\n" in card.text
+    assert f"finetune evaluate --model_name_or_path {tiny_model_dir} --adapter me/tiny\n" in card.text
     assert "| LoRA rank r | 8 |" in card.text
 
 
@@ -153,7 +162,7 @@ def test_a_card_for_the_embedded_base_links_its_upstream_model() -> None:
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "Q4_1 GGUF of HuggingFaceTB/SmolLM2-135M-Instruct" in card.text
     assert "pretrained=$(finetune model-path embedded),peft=me/smol" in card.text
-    assert "finetune evaluate --base embedded --adapter me/smol --load-in-4bit" in card.text
+    assert "finetune evaluate --model_name_or_path embedded --adapter me/smol --load_in_4bit" in card.text
 
 
 def test_a_card_names_regex_target_modules_and_the_base_revision_the_adapter_was_trained_on() -> None:
@@ -161,7 +170,7 @@ def test_a_card_names_regex_target_modules_and_the_base_revision_the_adapter_was
     model_args = {"model_name_or_path": "org/base", "model_revision": "v1", "load_in_4bit": False}
     card = model_card("me/ad", config, model_args, [], None, False, None)
     assert "| target modules | `model\\.layers\\.2\\d\\..*_proj` |" in card.text, "peft keeps a regex as one string"
-    assert "finetune evaluate --base org/base --adapter me/ad --revision v1\n" in card.text
+    assert "finetune evaluate --model_name_or_path org/base --adapter me/ad --model_revision v1\n" in card.text
     assert "trained on the base at revision `v1`" in card.text
     listed = model_card("me/ad", {**config, "target_modules": ["v_proj", "q_proj"]}, model_args, [], None, False, None)
     assert "| target modules | q_proj, v_proj |" in listed.text
@@ -236,10 +245,24 @@ def test_evaluate_from_the_hub_reproduces_the_published_numbers(
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN)
     out = tmp_path / "from-hub"
     run = subprocess.run(
-        [sys.executable, "-m", "finetune.cli", "evaluate", "--base", str(tiny_model_dir), "--adapter",
-         f"{USER}/round-trip", "--limit", "4", "--out", str(out)],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "finetune.cli",
+            "evaluate",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            f"{USER}/round-trip",
+            "--limit",
+            "4",
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     from_hub = json.loads((out / "metrics.json").read_text())
     assert from_hub["adapters"] == {f"{USER}/round-trip": f"{USER}/round-trip"}
@@ -254,16 +277,34 @@ def test_evaluate_scores_the_adapter_on_the_branch_that_id_at_revision_names(
     save_file({k: w * 20 if "lora_B" in k else w for k, w in weights.items()}, stronger / "adapter_model.safetensors")
     push(api, tiny_adapter_dir, f"{USER}/two-versions")
     push(api, stronger, f"{USER}/two-versions", revision="v2")
-    here = evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir), str(stronger)], limit=4)
+    here = evaluate(
+        base_config(str(tiny_model_dir)), [str(tiny_adapter_dir), str(stronger)], load_tasks([TASK_GROUP]), limit=4
+    )
     assert here.results["tiny-adapter"] != here.results["stronger"], "the two adapters must score apart"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN)
     out, main, branch = tmp_path / "from-hub", f"{USER}/two-versions", f"{USER}/two-versions@v2"
     run = subprocess.run(
-        [sys.executable, "-m", "finetune.cli", "evaluate", "--base", str(tiny_model_dir), "--adapter", main,
-         "--adapter", branch, "--limit", "4", "--out", str(out)],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "finetune.cli",
+            "evaluate",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            main,
+            "--adapter",
+            branch,
+            "--limit",
+            "4",
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     from_hub = json.loads((out / "metrics.json").read_text())
     assert from_hub["adapters"] == {main: main, branch: branch}, "one row per revision, each named with it"
@@ -286,16 +327,29 @@ def test_merge_and_push_merged_fold_the_adapter_into_its_base_at_the_revision_it
     upload(api, f"{USER}/base", files(later), private=False, revision=None)  # main moved on
     upload(api, f"{USER}/base", files(tiny_model_dir), private=False, revision="v1")
     adapter = shutil.copytree(tiny_adapter_dir, tmp_path / "adapter")  # as if trained on tester/base at v1
-    for name, key, value in (("adapter_config.json", "base_model_name_or_path", f"{USER}/base"),
-                             ("model_args.json", "model_name_or_path", f"{USER}/base"),
-                             ("model_args.json", "model_revision", "v1")):  # fmt: skip
+    for name, key, value in (
+        ("adapter_config.json", "base_model_name_or_path", f"{USER}/base"),
+        ("model_args.json", "model_name_or_path", f"{USER}/base"),
+        ("model_args.json", "model_revision", "v1"),
+    ):
         settings = json.loads((adapter / name).read_text())
         (adapter / name).write_text(json.dumps({**settings, key: value}))
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN)
-    for command in (["merge", "--base", f"{USER}/base", "--revision", "v1", "--adapter", str(adapter),
-                     "--out", str(tmp_path / "merged")],
-                    ["push", "--adapter", str(adapter), "--repo", f"{USER}/merged-v1", "--merged"]):  # fmt: skip
+    for command in (
+        [
+            "merge",
+            "--model_name_or_path",
+            f"{USER}/base",
+            "--model_revision",
+            "v1",
+            "--adapter",
+            str(adapter),
+            "--output_dir",
+            str(tmp_path / "merged"),
+        ],
+        ["push", "--adapter", str(adapter), "--repo_id", f"{USER}/merged-v1", "--merged"],
+    ):
         run = subprocess.run([sys.executable, "-m", "finetune.cli", *command], capture_output=True, text=True, env=env)
         assert run.returncode == 0, run.stderr[-3000:]
     pushed = Path(api.snapshot_download(f"{USER}/merged-v1", local_dir=tmp_path / "pushed"))

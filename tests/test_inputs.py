@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from finetune.benchmark import TRAIN_TASK, load_tasks
 from finetune.cli import main
 from finetune.config import parse_train_args
-from finetune.data import BadInput, load_task, read_rows
-from finetune.train import DATA_REPORT, build_trainer
+from finetune.data import BadInput, read_rows
+from finetune.dataset import DATA_REPORT
+from finetune.train import trainer_for
 from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
@@ -33,7 +35,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 
 def trainer_on(model_dir: Path, out: Path, *flags: str):
     argv = [str(TINY_CONFIG), "--model_name_or_path", str(model_dir), "--output_dir", str(out), *flags]
-    return build_trainer(*parse_train_args(argv))
+    return trainer_for(*parse_train_args(argv))
 
 
 def test_a_users_csv_becomes_the_same_training_text_as_the_pinned_split(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -44,7 +46,7 @@ def test_a_users_csv_becomes_the_same_training_text_as_the_pinned_split(tiny_mod
         tiny_model_dir, tmp_path / "out", "--train_file", str(table),
         "--text_column", "tweet", "--label_column", "sentiment",
     )  # fmt: skip
-    task = load_task()
+    task = load_tasks([TRAIN_TASK])[TRAIN_TASK]
     assert trainer.train_dataset["prompt"] == [task.doc_to_text(d) for d in DOCS]
     eos = trainer.processing_class.eos_token  # trl appends it to each completion
     assert trainer.train_dataset["completion"] == [f" {d['label_text']}{eos}" for d in DOCS]
@@ -67,7 +69,17 @@ def test_predict_output_trains_directly_keeping_only_confident_rows(
 ) -> None:
     unlabeled = write_jsonl(tmp_path / "unlabeled.jsonl", [{"id": d["id"], "text": d["text"]} for d in DOCS])
     labeled = tmp_path / "labeled.jsonl"
-    main(["predict", "--model", str(tiny_model_dir), "--input", str(unlabeled), "--output", str(labeled)])
+    main(
+        [
+            "predict",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--input_file",
+            str(unlabeled),
+            "--output_file",
+            str(labeled),
+        ]
+    )
     predictions = [json.loads(line) for line in labeled.read_text().splitlines()]
     cut = sorted(r["confidence"] for r in predictions)[len(predictions) // 2]
     kept = [r for r in predictions if r["confidence"] >= cut]
@@ -303,9 +315,17 @@ def test_a_row_longer_than_the_model_takes_is_named_not_cut(tiny_model_dir: Path
     assert len(trainer.train_dataset) == len(DOCS) - 1
 
     labeled = tmp_path / "labeled.jsonl"
-    predict = ["predict", "--model", str(tiny_model_dir), "--input", str(train), "--output", str(labeled)]
+    predict = [
+        "predict",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--input_file",
+        str(train),
+        "--output_file",
+        str(labeled),
+    ]
     with pytest.raises(SystemExit):
         main(predict)
-    main([*predict, "--skip-bad-rows"])
+    main([*predict, "--skip_bad_rows"])
     report = json.loads((tmp_path / "labeled.report.json").read_text())
     assert report["rows"] == len(DOCS) - 1 and report["skipped_rows"][0].startswith(f"{train}:3: ")

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from finetune.cli import main
-from finetune.train import Interrupted, StopOnSignal
+from finetune.interrupt import Interrupted, StopOnSignal
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def test_a_signal_reaching_one_of_two_processes_stops_both_after_the_same_step(
     out = tmp_path / "run"
     command = [sys.executable, "-m", "finetune.cli", "train", str(TINY_CONFIG), "--model_name_or_path",
                str(tiny_model_dir), "--output_dir", str(out), *RUN, "--max_steps", "40",
-               "--num-processes", "2"]  # fmt: skip
+               "--num_processes", "2"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
@@ -109,6 +109,6 @@ def test_a_signal_reaching_one_of_two_processes_stops_both_after_the_same_step(
     assert len(checkpoints) == 1, "both processes saved the same step, once"
     step = int(checkpoints[0].name.split("-")[1])
     assert step < 40 and not (out / "adapter_model.safetensors").exists()
-    resume = shlex.join(["finetune", "train", *command[4:-2], "--num-processes", "2", "--resume", "true"])
+    resume = shlex.join(["finetune", "train", *command[4:-2], "--num_processes", "2", "--resume", "true"])
     message = f"stopped by SIGTERM after step {step} of 40; checkpoint saved in {checkpoints[0]}; resume with: {resume}"
     assert said.count(message) == 1, "said once, by process zero"

@@ -10,7 +10,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune.data import load_task, tasks_path
+from finetune.benchmark import TASK_GROUP, load_tasks, tasks_path
 from finetune.evaluate import evaluate
 from finetune.model import base_config
 from lm_eval_tasks.tweet_sentiment.utils import extract_label, macro_f1
@@ -20,13 +20,13 @@ ROWS = 12
 
 @pytest.fixture(scope="module")
 def evaluation(tiny_model_dir: Path, tiny_adapter_dir: Path):
-    return evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], limit=ROWS)
+    return evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], load_tasks([TASK_GROUP]), limit=ROWS)
 
 
 def test_multiple_choice_answers_are_the_most_likely_label_by_a_plain_forward_pass(
     evaluation, tiny_model_dir: Path, tiny_adapter_dir: Path, label_logliks
 ) -> None:
-    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
+    docs = list(load_tasks(["tweet_sentiment_mc"])["tweet_sentiment_mc"].test_docs())[:ROWS]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
     answers = [row.index(max(row)) for row in label_logliks(model, tokenizer, [d["text"] for d in docs])]
@@ -40,7 +40,7 @@ def test_multiple_choice_answers_are_the_most_likely_label_by_a_plain_forward_pa
 def test_generative_answers_are_greedy_generations_read_by_the_label_extractor(
     evaluation, tiny_model_dir: Path, tiny_adapter_dir: Path
 ) -> None:
-    task = load_task("tweet_sentiment_gen")
+    task = load_tasks(["tweet_sentiment_gen"])["tweet_sentiment_gen"]
     docs = list(task.test_docs())[:ROWS]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)

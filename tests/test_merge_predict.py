@@ -11,8 +11,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from finetune.benchmark import load_tasks
 from finetune.cli import main
-from finetune.data import BadInput, load_task, read_rows
+from finetune.data import BadInput, read_rows
 from finetune.evaluate import evaluate
 from finetune.model import base_config
 from lm_eval_tasks.tweet_sentiment.utils import LABELS
@@ -26,15 +27,32 @@ def test_predict_and_merge_take_an_adapter_for_a_base_of_another_name_only_when_
     renamed = shutil.copytree(tiny_model_dir, tmp_path / "a-local-copy")  # the same weights under another name
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "what a day"}\n')
-    predict = ["predict", "--model", str(renamed), "--adapter", str(tiny_adapter_dir), "--input", str(source),
-               "--output", str(tmp_path / "labeled.jsonl")]  # fmt: skip
-    merge = ["merge", "--base", str(renamed), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path / "merged")]
+    predict = [
+        "predict",
+        "--model_name_or_path",
+        str(renamed),
+        "--adapter",
+        str(tiny_adapter_dir),
+        "--input_file",
+        str(source),
+        "--output_file",
+        str(tmp_path / "labeled.jsonl"),
+    ]
+    merge = [
+        "merge",
+        "--model_name_or_path",
+        str(renamed),
+        "--adapter",
+        str(tiny_adapter_dir),
+        "--output_dir",
+        str(tmp_path / "merged"),
+    ]
     for refused in (predict, merge):
         with pytest.raises(SystemExit):
             main(refused)
-        assert "(pass --allow-other-base if they are the same model)" in capsys.readouterr().err
-    main([*predict, "--allow-other-base"])
-    main([*merge, "--allow-other-base"])
+        assert "(pass --allow_other_base if they are the same model)" in capsys.readouterr().err
+    main([*predict, "--allow_other_base"])
+    main([*merge, "--allow_other_base"])
     assert len((tmp_path / "labeled.jsonl").read_text().splitlines()) == 1
     assert (tmp_path / "merged" / "config.json").is_file()
 
@@ -42,8 +60,19 @@ def test_predict_and_merge_take_an_adapter_for_a_base_of_another_name_only_when_
 def test_merged_model_loads_plainly_and_matches_the_adapter(
     tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
 ) -> None:
-    main(["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path),
-          "--dtype", "float32"])  # fmt: skip
+    main(
+        [
+            "merge",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tiny_adapter_dir),
+            "--output_dir",
+            str(tmp_path),
+            "--dtype",
+            "float32",
+        ]
+    )
     merged = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_adapter_dir)
@@ -55,7 +84,17 @@ def test_merged_model_loads_plainly_and_matches_the_adapter(
 
 
 def test_merge_defaults_to_16_bit(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path) -> None:
-    main(["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(tmp_path)])
+    main(
+        [
+            "merge",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tiny_adapter_dir),
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config.dtype == torch.bfloat16
 
 
@@ -63,7 +102,7 @@ def test_merge_defaults_to_16_bit(tiny_model_dir: Path, tiny_adapter_dir: Path, 
 def test_predict_labels_every_row_as_evaluate_answers_it(
     tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path, suffix: str, label_logliks
 ) -> None:
-    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
+    docs = list(load_tasks(["tweet_sentiment_mc"])["tweet_sentiment_mc"].test_docs())[:ROWS]
     source = tmp_path / f"in{suffix}"
     if suffix == ".jsonl":
         source.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
@@ -72,13 +111,24 @@ def test_predict_labels_every_row_as_evaluate_answers_it(
             "id,text\n" + "".join(f'{d["id"]},"{d["text"].replace(chr(34), 2 * chr(34))}"\n' for d in docs)
         )
     out = tmp_path / "labeled.jsonl"
-    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--input", str(source),
-          "--output", str(out)])  # fmt: skip
+    main(
+        [
+            "predict",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(tiny_adapter_dir),
+            "--input_file",
+            str(source),
+            "--output_file",
+            str(out),
+        ]
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [d["id"] for d in docs]
 
     scored = evaluate(
-        base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], tasks=("tweet_sentiment_mc",), limit=ROWS
+        base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], tasks=load_tasks(["tweet_sentiment_mc"]), limit=ROWS
     )
     assert [LABELS.index(r["prediction"]) for r in rows] == [
         a for _, a in scored.pairs["tiny-adapter"]["tweet_sentiment_mc"]
@@ -108,7 +158,7 @@ def test_the_cli_prints_a_users_error_in_one_line(tmp_path: Path, capsys: pytest
     table = tmp_path / "in.csv"
     table.write_text("id,tweet\n1,hello\n")
     with pytest.raises(SystemExit) as exit:
-        main(["predict", "--input", str(table), "--output", str(tmp_path / "out.jsonl")])
+        main(["predict", "--input_file", str(table), "--output_file", str(tmp_path / "out.jsonl")])
     assert exit.value.code == 2
     assert capsys.readouterr().err == (
         f"finetune predict: error: {table}:1: the CSV header has no `text` column (it has: id, tweet)\n"
@@ -119,9 +169,30 @@ def test_demo_trains_then_scores_base_and_adapter_on_the_generative_variant(
     tiny_model_dir: Path, tmp_path: Path, capsys
 ) -> None:
     # the preset's top-10-layer pattern is SmolLM2's; the tiny model has fewer layers
-    overrides = ["--model_name_or_path", str(tiny_model_dir), "--train_limit", "32", "--eval_limit", "8",
-                 "--lora_target_modules", "all-linear"]  # fmt: skip
-    main(["demo", "--out", str(tmp_path), *overrides, "--max_steps", "2", "--eval_steps", "1", "--save_steps", "1"])
+    overrides = [
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--train_limit",
+        "32",
+        "--eval_limit",
+        "8",
+        "--lora_target_modules",
+        "all-linear",
+    ]
+    main(
+        [
+            "demo",
+            "--output_dir",
+            str(tmp_path),
+            *overrides,
+            "--max_steps",
+            "2",
+            "--eval_steps",
+            "1",
+            "--save_steps",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| base | tweet_sentiment_gen |" in printed and "| adapter | tweet_sentiment_gen |" in printed
     assert "tweet_sentiment_mc" not in printed

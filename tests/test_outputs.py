@@ -49,13 +49,30 @@ def test_merge_refuses_a_used_folder_and_overwrite_keeps_the_old_model_when_it_f
     out = tmp_path / "merged"
     out.mkdir()
     (out / "keep.txt").write_text("last week's model")
-    merge = ["merge", "--base", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir), "--out", str(out)]
+    merge = [
+        "merge",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--adapter",
+        str(tiny_adapter_dir),
+        "--output_dir",
+        str(out),
+    ]
     assert one_line_error(capsys, merge) == (
         f"finetune merge: error: {out}: the folder is not empty; pass --overwrite to replace it"
     )
     wider = tmp_path / "tiny-llama"  # same name, other shapes: the adapter is refused inside the write
     make_tiny_llama(vocab_size=800, eos_id=0, hidden_size=48).save_pretrained(wider)
-    other_base = ["merge", "--base", str(wider), "--adapter", str(tiny_adapter_dir), "--out", str(out), "--overwrite"]
+    other_base = [
+        "merge",
+        "--model_name_or_path",
+        str(wider),
+        "--adapter",
+        str(tiny_adapter_dir),
+        "--output_dir",
+        str(out),
+        "--overwrite",
+    ]
     assert "does not fit base" in one_line_error(capsys, other_base)
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and siblings(out) == ["merged", "tiny-llama"]
 
@@ -68,12 +85,20 @@ def test_predict_and_evaluate_refuse_a_used_output_before_loading_anything(tmp_p
     source.write_text('{"text": "hello"}\n')
     labeled = tmp_path / "labeled.jsonl"
     labeled.write_text("{}\n")
-    predict = ["predict", "--model", str(tmp_path / "no-model"), "--input", str(source), "--output", str(labeled)]
+    predict = [
+        "predict",
+        "--model_name_or_path",
+        str(tmp_path / "no-model"),
+        "--input_file",
+        str(source),
+        "--output_file",
+        str(labeled),
+    ]
     assert one_line_error(capsys, predict).endswith(f"{labeled}: the file exists; pass --overwrite to replace it")
     report = tmp_path / "report"
     report.mkdir()
     (report / "metrics.json").write_text("{}")
-    evaluate = ["evaluate", "--base", str(tmp_path / "no-model"), "--out", str(report)]
+    evaluate = ["evaluate", "--model_name_or_path", str(tmp_path / "no-model"), "--output_dir", str(report)]
     assert one_line_error(capsys, evaluate).endswith(
         f"{report}: the folder is not empty; pass --overwrite to replace it"
     )
@@ -82,7 +107,14 @@ def test_predict_and_evaluate_refuse_a_used_output_before_loading_anything(tmp_p
 def test_predict_labels_go_to_a_jsonl_file_and_a_refused_run_leaves_no_folder_behind(tmp_path: Path, capsys) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "hello"}\n')
-    predict = ["predict", "--model", str(tmp_path / "no-model"), "--input", str(source), "--output"]
+    predict = [
+        "predict",
+        "--model_name_or_path",
+        str(tmp_path / "no-model"),
+        "--input_file",
+        str(source),
+        "--output_file",
+    ]
     (tmp_path / "labels").mkdir()
     assert one_line_error(capsys, [*predict, str(tmp_path / "labels"), "--overwrite"]).endswith(
         f"{tmp_path / 'labels'}: the labels are JSON Lines; name a .jsonl file"
@@ -93,8 +125,18 @@ def test_predict_labels_go_to_a_jsonl_file_and_a_refused_run_leaves_no_folder_be
     )
     assert one_line_error(capsys, [*predict, str(source.with_suffix(".csv"))]).endswith("name a .jsonl file")
     nested = tmp_path / "a" / "b" / "labeled.jsonl"
-    one_line_error(capsys, ["predict", "--model", str(tmp_path / "no-model"), "--input", str(tmp_path / "absent.jsonl"),
-                            "--output", str(nested)])  # fmt: skip
+    one_line_error(
+        capsys,
+        [
+            "predict",
+            "--model_name_or_path",
+            str(tmp_path / "no-model"),
+            "--input_file",
+            str(tmp_path / "absent.jsonl"),
+            "--output_file",
+            str(nested),
+        ],
+    )
     assert not (tmp_path / "a").exists()
 
 
@@ -102,8 +144,18 @@ def test_predict_writes_its_labels_and_report_whole(tiny_model_dir: Path, tmp_pa
     source = tmp_path / "in.csv"
     source.write_text("id,text\n1,good day\n2,\n3,bad day\n")
     labeled = tmp_path / "labeled.jsonl"
-    main(["predict", "--model", str(tiny_model_dir), "--input", str(source), "--output", str(labeled),
-          "--skip-bad-rows"])  # fmt: skip
+    main(
+        [
+            "predict",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--input_file",
+            str(source),
+            "--output_file",
+            str(labeled),
+            "--skip_bad_rows",
+        ]
+    )
     assert [json.loads(line)["id"] for line in labeled.read_text().splitlines()] == ["1", "3"]
     report = json.loads((tmp_path / "labeled.report.json").read_text())
     assert (report["rows"], report["skipped_rows"]) == (2, [f"{source}:3: `text` is empty"])
@@ -115,11 +167,13 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path: Path, capsys) ->
     blocker.write_text("")
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "hello"}\n')
-    message = one_line_error(capsys, ["predict", "--input", str(source), "--output", str(blocker / "labeled.jsonl")])
+    message = one_line_error(
+        capsys, ["predict", "--input_file", str(source), "--output_file", str(blocker / "labeled.jsonl")]
+    )
     target = blocker / "labeled.jsonl"
     assert message == f"finetune predict: error: {target}: cannot write there ({blocker} is a file, not a folder)"
     read_only = Path("/proc/finetune-test/labeled.jsonl")  # not writable even by root
-    message = one_line_error(capsys, ["predict", "--input", str(source), "--output", str(read_only)])
+    message = one_line_error(capsys, ["predict", "--input_file", str(source), "--output_file", str(read_only)])
     assert message.startswith(f"finetune predict: error: {read_only}: cannot write there (")
 
 
@@ -134,8 +188,20 @@ def test_a_used_run_folder_is_continued_only_with_resume_and_replaced_only_with_
     out = tmp_path / "run"
     out.mkdir()
     (out / "adapter_model.safetensors").write_text("last week's adapter")
-    train_tiny(tiny_model_dir, out, "--overwrite", "true", "--max_steps", "1", "--eval_strategy", "no",
-               "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
+    train_tiny(
+        tiny_model_dir,
+        out,
+        "--overwrite",
+        "true",
+        "--max_steps",
+        "1",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--load_best_model_at_end",
+        "false",
+    )
     assert (out / "adapter_model.safetensors").read_bytes() != b"last week's adapter"
     assert siblings(out) == ["run"], "the replaced folder is gone once the new adapter is complete"
 
@@ -152,8 +218,20 @@ def test_a_run_that_fails_while_writing_its_adapter_puts_the_run_it_replaces_bac
 
     monkeypatch.setattr(finetune.train, "write_training_log", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        train_tiny(tiny_model_dir, out, "--overwrite", "true", "--max_steps", "1", "--eval_strategy", "no",
-                   "--save_strategy", "no", "--load_best_model_at_end", "false")  # fmt: skip
+        train_tiny(
+            tiny_model_dir,
+            out,
+            "--overwrite",
+            "true",
+            "--max_steps",
+            "1",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+        )
     assert [p.name for p in out.iterdir()] == ["adapter_model.safetensors"]
     assert (out / "adapter_model.safetensors").read_text() == "last week's adapter"
     assert siblings(out) == ["run"], "no half-written adapter or hidden old run is left beside it"

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from finetune.benchmark import BASE_NAME, Evaluation
 from finetune.cli import main
-from finetune.evaluate import Evaluation
-from finetune.report import BASE_NAME, table, warnings
+from finetune.report import table, warnings
 from lm_eval_tasks.tweet_sentiment.utils import macro_f1
 
 ROWS = 20
@@ -37,7 +37,17 @@ def neutral_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 def test_a_model_that_answers_one_class_is_flagged_in_the_report_and_on_screen(
     neutral_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    main(["evaluate", "--base", str(neutral_model_dir), "--limit", str(ROWS), "--out", str(tmp_path)])
+    main(
+        [
+            "evaluate",
+            "--model_name_or_path",
+            str(neutral_model_dir),
+            "--limit",
+            str(ROWS),
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     printed = capsys.readouterr().out
     for variant in ("tweet_sentiment_gen", "tweet_sentiment_mc"):
         line = f"base · {variant}: answers collapsed onto `neutral` ({ROWS} of {ROWS}, 100%"

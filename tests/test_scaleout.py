@@ -1,4 +1,4 @@
-"""Several processes through accelerate, on CPU (gloo): `--num-processes 2` trains one adapter with the
+"""Several processes through accelerate, on CPU (gloo): `--num_processes 2` trains one adapter with the
 configured effective batch, and evaluation and labeling spread their rows yet answer as one process does."""
 
 import json
@@ -16,12 +16,13 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from trl import get_quantization_config
 
 from finetune import FinetuneError
+from finetune.benchmark import TASK_GROUP, load_tasks
 from finetune.cli import main
-from finetune.data import load_task
 from finetune.evaluate import evaluate
 from finetune.launch import split_launch_args
 from finetune.model import base_config
-from finetune.train import StepBalancedSampler, shard_4bit_weights, step_balanced_order
+from finetune.sampler import StepBalancedSampler, step_balanced_order
+from finetune.train import loading_args
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
 SPREAD_JOB = Path(__file__).parent / "spread_job.py"
@@ -36,34 +37,80 @@ def python(*command: str, env: dict | None = None) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """`finetune train --num-processes 2`: the CLI runs itself again under accelerate's launcher; length-grouped,
+    """`finetune train --num_processes 2`: the CLI runs itself again under accelerate's launcher; length-grouped,
     so that each step's rows are dealt by `StepBalancedSampler`."""
     out = tmp_path_factory.mktemp("ddp") / "adapter"
-    done = python("-m", "finetune.cli", "train", str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir),
-               "--output_dir", str(out), "--num-processes", "2",
-               "--train_sampling_strategy", "group_by_length")  # fmt: skip
+    done = python(
+        "-m",
+        "finetune.cli",
+        "train",
+        str(TINY_CONFIG),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out),
+        "--num_processes",
+        "2",
+        "--train_sampling_strategy",
+        "group_by_length",
+    )
     return out, done.stdout
 
 
 @pytest.fixture(scope="module")
 def spread(two_process_run, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Evaluation and labeling of the first ROWS test rows with the adapter, in 2 gloo processes started by
-    `accelerate launch` itself (what `--num-processes 2` runs on a machine without a GPU)."""
+    `accelerate launch` itself (what `--num_processes 2` runs on a machine without a GPU)."""
     adapter, _ = two_process_run
     folder = tmp_path_factory.mktemp("spread")
     paths = {"report": folder / "report", "input": folder / "in.jsonl", "labeled": folder / "labeled.jsonl"}
-    docs = list(load_task("tweet_sentiment_mc").test_docs())[:ROWS]
+    docs = list(load_tasks(["tweet_sentiment_mc"])["tweet_sentiment_mc"].test_docs())[:ROWS]
     paths["input"].write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
     commands = [
-        ["evaluate", "--base", str(tiny_model_dir), "--adapter", str(adapter), "--limit", str(ROWS),
-         "--out", str(paths["report"])],
-        ["predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(paths["input"]),
-         "--output", str(paths["labeled"])],
-    ]  # fmt: skip
-    launch = ["--multi_gpu", "--num_processes", "2", "--main_process_port", "0", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    python("-m", "accelerate.commands.launch", *launch, str(SPREAD_JOB), json.dumps(commands),
-        env={**os.environ, "ACCELERATE_USE_CPU": "true"})  # fmt: skip
+        [
+            "evaluate",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(adapter),
+            "--limit",
+            str(ROWS),
+            "--output_dir",
+            str(paths["report"]),
+        ],
+        [
+            "predict",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(adapter),
+            "--input_file",
+            str(paths["input"]),
+            "--output_file",
+            str(paths["labeled"]),
+        ],
+    ]
+    launch = [
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "0",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    python(
+        "-m",
+        "accelerate.commands.launch",
+        *launch,
+        str(SPREAD_JOB),
+        json.dumps(commands),
+        env={**os.environ, "ACCELERATE_USE_CPU": "true"},
+    )
     return paths
 
 
@@ -84,7 +131,7 @@ def test_evaluation_over_two_processes_answers_every_row_as_one_process(
     spread: dict[str, Path], two_process_run, tiny_model_dir: Path
 ) -> None:
     adapter, _ = two_process_run
-    alone = evaluate(base_config(str(tiny_model_dir)), [str(adapter)], limit=ROWS)
+    alone = evaluate(base_config(str(tiny_model_dir)), [str(adapter)], load_tasks([TASK_GROUP]), limit=ROWS)
     answers = json.loads((spread["report"] / "answers.json").read_text())
     assert answers == json.loads(json.dumps(alone.pairs)), "the same (gold, answer) on every row of every variant"
     assert json.loads((spread["report"] / "metrics.json").read_text())["results"] == alone.results
@@ -95,8 +142,19 @@ def test_labeling_over_two_processes_gives_each_row_its_one_process_label_and_sc
 ) -> None:
     adapter, _ = two_process_run
     alone = tmp_path / "alone.jsonl"
-    main(["predict", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--input", str(spread["input"]),
-          "--output", str(alone)])  # fmt: skip
+    main(
+        [
+            "predict",
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--adapter",
+            str(adapter),
+            "--input_file",
+            str(spread["input"]),
+            "--output_file",
+            str(alone),
+        ]
+    )
     rows = [[json.loads(line) for line in path.read_text().splitlines()] for path in (spread["labeled"], alone)]
     assert [r["id"] for r in rows[0]] == [json.loads(line)["id"] for line in spread["input"].read_text().splitlines()]
     assert [r["prediction"] for r in rows[0]] == [r["prediction"] for r in rows[1]]
@@ -104,20 +162,21 @@ def test_labeling_over_two_processes_gives_each_row_its_one_process_label_and_sc
 
 
 def test_launch_flags_are_taken_out_of_the_command_each_process_runs() -> None:
-    launch, rest = split_launch_args(["train", "cfg.yaml", "--num_processes", "4", "--lora_r", "8",
-                                      "--accelerate-config", "ddp"])  # fmt: skip
+    launch, rest = split_launch_args(
+        ["train", "cfg.yaml", "--num_processes", "4", "--lora_r", "8", "--accelerate_config", "ddp"]
+    )
     assert (launch.num_processes, launch.accelerate_config, rest) == (4, "ddp", ["train", "cfg.yaml", "--lora_r", "8"])
 
 
 def test_launch_flags_are_refused_for_commands_of_one_process(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
-        main(["merge", "--adapter", "a", "--out", "b", "--num-processes", "2"])
-    assert "--num-processes and --accelerate-config are for train, evaluate, predict, demo" in capsys.readouterr().err
+        main(["merge", "--adapter", "a", "--output_dir", "b", "--num_processes", "2"])
+    assert "--num_processes and --accelerate_config are for train, evaluate, predict, demo" in capsys.readouterr().err
 
 
 def test_an_unknown_accelerate_config_is_named(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_:
-        main(["evaluate", "--accelerate-config", "no-such", "--out", "x"])
+        main(["evaluate", "--accelerate_config", "no-such", "--output_dir", "x"])
     assert exit_.value.code == 2
     assert "no accelerate config file 'no-such' and no shipped one of that name (ddp, fsdp_qlora)" in (
         capsys.readouterr().err
@@ -128,17 +187,32 @@ def test_a_shipped_accelerate_config_alone_runs_one_process_a_gpu(tiny_model_dir
     """The shipped configs name no number of processes (accelerate's launcher would demand one): one a GPU, or
     one process on a machine without."""
     report = tmp_path / "report"
-    python("-m", "finetune.cli", "evaluate", "--base", str(tiny_model_dir), "--accelerate-config", "ddp",
-           "--tasks", "tweet_sentiment_mc", "--limit", "2", "--out", str(report))  # fmt: skip
+    python(
+        "-m",
+        "finetune.cli",
+        "evaluate",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--accelerate_config",
+        "ddp",
+        "--tasks",
+        "tweet_sentiment_mc",
+        "--limit",
+        "2",
+        "--output_dir",
+        str(report),
+    )
     assert json.loads((report / "metrics.json").read_text())["rows"] == {"tweet_sentiment_mc": 2}
 
 
-def test_fsdp_qlora_packs_the_4_bit_weights_in_bf16_and_refuses_fp16() -> None:
-    model_args = base_config("meta-llama/Llama-3.1-8B-Instruct", "bfloat16", load_in_4bit=True)
-    shard_4bit_weights(model_args)
-    assert get_quantization_config(model_args).bnb_4bit_quant_storage == torch.bfloat16
+def test_fsdp_qlora_packs_the_4_bit_weights_in_bf16_and_refuses_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    parsed = base_config("meta-llama/Llama-3.1-8B-Instruct", "float32", load_in_4bit=True)
+    loading = loading_args(parsed, "bfloat16")
+    assert get_quantization_config(loading).bnb_4bit_quant_storage == torch.bfloat16
+    assert (parsed.dtype, parsed.bnb_4bit_quant_storage) == ("float32", None), "the parsed config is left as given"
     with pytest.raises(FinetuneError, match=r"FSDP \+ QLoRA trains in bf16 here, not float16: pass --bf16 true"):
-        shard_4bit_weights(base_config("meta-llama/Llama-3.1-8B-Instruct", "float16", load_in_4bit=True))
+        loading_args(parsed, "float16")
 
 
 LENGTHS = torch.randint(12, 200, (2048,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -147,8 +221,10 @@ LENGTHS = torch.randint(12, 200, (2048,), generator=torch.Generator().manual_see
 def step_cells(sampler, per_device: int, processes: int) -> list[list[int]]:
     """Each step's padded batch sizes (rows x longest row) per process, dealt as accelerate deals the Trainer's
     batches."""
-    shards = [BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=False), processes, rank)
-              for rank in range(processes)]  # fmt: skip
+    shards = [
+        BatchSamplerShard(BatchSampler(sampler, per_device, drop_last=False), processes, rank)
+        for rank in range(processes)
+    ]
     return [[len(b) * max(LENGTHS[i] for i in b) for b in step] for step in zip(*shards, strict=True)]
 
 

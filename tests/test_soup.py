@@ -1,15 +1,14 @@
-"""bench/adapter_soup.py: the uniform soup of adapters is the mean of their weight updates, so a soup of one adapter
+"""`finetune soup`: the uniform soup of adapters is the mean of their weight updates, so a soup of one adapter
 is that adapter, rank-stabilized ones included (peft alone scales those by sqrt(r)), also once saved and reloaded."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from adapter_soup import SOUP, make_soup  # noqa: E402
+from finetune import FinetuneError
+from finetune.soup import SOUP, make_soup
 
 TOKENS = torch.tensor([[5, 17, 42, 8, 99, 3]])
 
@@ -42,5 +41,5 @@ def test_a_soup_of_one_adapter_answers_as_that_adapter(make_tiny_llama, tmp_path
 
 def test_dora_adapters_are_refused(make_tiny_llama) -> None:
     model = trained_lora(make_tiny_llama(vocab_size=128, eos_id=0), use_dora=True)
-    with pytest.raises(SystemExit, match="DoRA"):
+    with pytest.raises(FinetuneError, match="DoRA"):
         make_soup(model, ["member"])

@@ -14,10 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import get_quantization_config
 
 from finetune import FinetuneError
+from finetune.benchmark import TRAIN_TASK, load_tasks
 from finetune.config import parse_train_args
-from finetune.data import load_task
 from finetune.model import base_config
-from finetune.train import build_trainer, compute_dtype
+from finetune.train import compute_dtype, loading_args, trainer_for
 from lm_eval_tasks.tweet_sentiment.utils import macro_f1
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
@@ -66,14 +66,14 @@ def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_lo
     task_args, sft, model_args = parse_train_args(
         [str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path)]
     )
-    trainer = build_trainer(task_args, sft, model_args)
+    trainer = trainer_for(task_args, sft, model_args)
     tokenizer = trainer.processing_class
-    doc = load_task().training_docs()[0]
+    doc = load_tasks([TRAIN_TASK])[TRAIN_TASK].training_docs()[0]
     batch = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     answer = [i for i, label in enumerate(labels) if label != -100]
     prompt_ids = ids[: answer[0]]
-    assert tokenizer.decode(prompt_ids) == load_task().doc_to_text(doc)
+    assert tokenizer.decode(prompt_ids) == load_tasks([TRAIN_TASK])[TRAIN_TASK].doc_to_text(doc)
     assert tokenizer.decode([ids[i] for i in answer]) == " " + doc["label_text"] + tokenizer.eos_token
     assert answer == list(range(answer[0], len(ids))), "the answer is one run of tokens at the end"
     assert all(labels[i] == ids[i] for i in answer)
@@ -117,7 +117,7 @@ def test_validation_macro_f1_is_the_benchmarks_multiple_choice_answer_on_the_val
 ) -> None:
     """Each checkpoint's logged score, recomputed by a plain forward pass over the 16 validation rows of tiny.yaml."""
     state = json.loads((tiny_adapter_dir / "checkpoint-6" / "trainer_state.json").read_text())
-    docs = list(load_task().validation_docs())[:16]
+    docs = list(load_tasks([TRAIN_TASK])[TRAIN_TASK].validation_docs())[:16]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for row in (r for r in state["log_history"] if "eval_macro_f1" in r):
         checkpoint = tiny_adapter_dir / f"checkpoint-{row['step']}"
@@ -171,6 +171,6 @@ def test_the_adapter_names_its_base_as_the_user_did_and_keeps_how_it_was_loaded(
 
 def test_evaluate_loads_4_bit_bases_as_the_qlora_preset_trains_them() -> None:
     _, sft, preset = parse_train_args(["llama-3.1-8b-qlora"])
-    preset.dtype = compute_dtype(sft)
+    preset = loading_args(preset, compute_dtype(sft))
     scoring = base_config("meta-llama/Llama-3.1-8B-Instruct", "float16", load_in_4bit=True)
     assert get_quantization_config(scoring).to_dict() == get_quantization_config(preset).to_dict()
