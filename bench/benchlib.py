@@ -1,5 +1,6 @@
-"""Measurement helpers shared by the bench scripts: per-step wall times, the tokens each training batch
-really holds (and the padding around them), MFU, and the machine's own matrix-multiply ceiling.
+"""The one module the bench scripts share (they never import each other): per-step wall times, the tokens each
+training batch really holds (and the padding around them), MFU, the machine's own matrix-multiply ceiling, and
+the 8B-shaped training variants that train_throughput.py times on one card and scaleout_train.py on several.
 
 Why a collate-function wrapper and a callback rather than the trainer's logs: `trainer.state.log_history`
 averages over logging windows and counts tokens without padding only since the start, so it cannot give a
@@ -12,13 +13,22 @@ import importlib.metadata
 import itertools
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
+from transformers.models.llama import modeling_llama
+
+from finetune.config import parse_train_args
+from finetune.model import resolve_model
+from finetune.train import trainer_for
+
+# The benchmark's pinned test rows, generative and multiple-choice: what every adapter of the bench is scored on.
+PINNED = ("tweet_sentiment_gen", "tweet_sentiment_mc")
 
 # LoRA on a frozen base: forward 2N, backward through the activations 2N, no gradients for the N frozen
 # weights (the adapters' own FLOPs are ~2% at r=64 and are not counted).
@@ -337,3 +347,142 @@ def write_kernel_summary(prof: torch.profiler.profile, wall_s: float, path: Path
     print("PROFILE " + path.name + "\n" + text, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
+
+
+SEED_PRESET = "llama-3.1-8b-qlora"
+NO_QUANT = ["--load_in_4bit", "false", "--use_bnb_nested_quant", "false"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Training arguments on top of a preset, and how many optimizer steps to time (`skip` of them left
+    out of the steady state)."""
+
+    preset: str
+    args: tuple[str, ...]
+    steps: int
+    skip: int
+    about: str
+
+
+def big_batch(batch: int) -> tuple[str, ...]:
+    """The 80 GB card's arguments without the speed-ups measured on/off below."""
+    return ("--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
+            "--gradient_checkpointing", "false", "--optim", "adamw_torch_fused")  # fmt: skip
+
+
+def fast(batch: int) -> tuple[str, ...]:
+    return (*big_batch(batch), "--lora_dropout", "0", "--train_sampling_strategy", "group_by_length",
+            "--use_liger_kernel", "true")  # fmt: skip
+
+
+# The 8B shape's variants, one card (train_throughput.py) or several of one host (scaleout_train.py) alike, so
+# that a scale-out ratio divides two runs of the same arguments.
+VARIANTS_8B: dict[str, Variant] = {
+    "seed": Variant(
+        SEED_PRESET,
+        (
+            "--per_device_train_batch_size",
+            "1",
+            "--gradient_accumulation_steps",
+            "8",
+            "--gradient_checkpointing",
+            "true",
+            "--optim",
+            "paged_adamw_32bit",
+        ),
+        10,
+        2,
+        "the seed article's: batch 1 x accumulation 8, checkpointing, paged AdamW, dropout 0.1",
+    ),
+    "b64": Variant(SEED_PRESET, big_batch(64), 12, 3, "batch 64, no checkpointing, fused AdamW (2026-11-26 best)"),
+    "fast": Variant(SEED_PRESET, fast(128), 14, 4, "batch 128 + length-grouped + Liger + dropout 0"),
+    "fast-b256": Variant(SEED_PRESET, fast(256), 12, 4, "fast at batch 256"),
+    "fast-b64": Variant(SEED_PRESET, fast(64), 14, 4, "fast at batch 64"),
+    "fast-random": Variant(
+        SEED_PRESET, (*fast(128), "--train_sampling_strategy", "random"), 14, 4, "fast without length grouping"
+    ),
+    "fast-tforder": Variant(
+        SEED_PRESET,
+        (*fast(128), "--balance_length_groups", "false"),
+        14,
+        4,
+        "fast in transformers' own length-grouped order (drawn from the global generator, not from seed + epoch)",
+    ),
+    "fast-rebalance": Variant(
+        SEED_PRESET,
+        (*fast(128), "--train_sampling_strategy", "batch_rebalance"),
+        14,
+        4,
+        "fast with transformers' batch_rebalance sampler (each step's rows split across processes by padded cost)",
+    ),
+    "fast-noliger": Variant(SEED_PRESET, (*fast(128), "--use_liger_kernel", "false"), 14, 4, "fast without Liger"),
+    "fast-dropout": Variant(SEED_PRESET, (*fast(128), "--lora_dropout", "0.1"), 14, 4, "fast with dropout 0.1"),
+    "fast-padfree": Variant(
+        SEED_PRESET,
+        (*fast(128), "--train_sampling_strategy", "random", "--padding_free", "true", "--max_length", "None"),
+        14,
+        4,
+        "fast, padding-free (one flat sequence, sdpa block-diagonal mask) instead of grouping",
+    ),
+    "ckpt-b256": Variant(
+        SEED_PRESET,
+        (*fast(256), "--gradient_checkpointing", "true"),
+        12,
+        4,
+        "fast at batch 256 with gradient checkpointing (the 16 GB budget)",
+    ),
+    "ckpt-b192": Variant(
+        SEED_PRESET,
+        (*fast(192), "--gradient_checkpointing", "true"),
+        12,
+        4,
+        "fast at batch 192 with gradient checkpointing",
+    ),
+    "ckpt-b128": Variant(
+        SEED_PRESET,
+        (*fast(128), "--gradient_checkpointing", "true"),
+        14,
+        4,
+        "fast at batch 128 with gradient checkpointing",
+    ),
+    "fast-compile": Variant(SEED_PRESET, (*fast(128), "--torch_compile", "true"), 16, 6, "fast + torch.compile"),
+}
+
+
+def add_tokenizer(folder: Path, tokenizer: str) -> None:
+    """`finetune train` reads the tokenizer from the model folder; any tokenizer with ids < 128,256 will do
+    (the default, SmolLM2's, gives ~50 tokens a row, like Llama 3.1's)."""
+    if not (folder / "tokenizer_config.json").exists():
+        AutoTokenizer.from_pretrained(resolve_model(tokenizer)).save_pretrained(folder)
+
+
+def run_variant(
+    name: str, variant: Variant, model_dir: Path, quant: str, profile_dir: Path | None, peak: float
+) -> Throughput:
+    """One configuration, start to end: build the trainer (model load included), train, measure, free."""
+    steps = variant.steps + (3 if profile_dir else 0)
+    fixed = ["--model_name_or_path", str(model_dir), "--output_dir", tempfile.mkdtemp(prefix="bench-"),
+             "--max_steps", str(steps), "--eval_strategy", "no", "--save_strategy", "no",
+             "--load_best_model_at_end", "false", "--disable_tqdm", "true", "--logging_steps", "1000",
+             "--bf16", "true", "--fp16", "false"]  # fmt: skip
+    argv = [variant.preset, *fixed, *(NO_QUANT if quant == "bf16" else []), *variant.args]
+    task_args, sft, model_args = parse_train_args(argv)
+    with restored_modules(modeling_llama):
+        trainer = trainer_for(task_args, sft, model_args)
+        batches = count_training_batches(trainer)
+        timer = StepTimer()
+        trainer.add_callback(timer)
+        if profile_dir:
+            trainer.add_callback(Profiler(variant.steps, profile_dir / f"profile-{quant}-{name}.txt"))
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            trainer.train()
+            timer.ends = timer.ends[: variant.steps]
+            n_batches = math.ceil(len(trainer.train_dataset) / sft.per_device_train_batch_size)
+            return summarize(
+                timer, batches, n_batches, sft.gradient_accumulation_steps, variant.skip,
+                counted_params(trainer.model), peak,
+            )  # fmt: skip
+        finally:
+            release(trainer)

@@ -22,10 +22,10 @@ from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, RandomSampler
 from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler
 
+from finetune.benchmark import TRAIN_TASK, load_benchmark, prompt_completion
 from finetune.config import parse_train_args
-from finetune.data import TRAIN_TASK, load_task, training_sets
 from finetune.model import load_tokenizer
-from finetune.train import StepBalancedSampler
+from finetune.sampler import StepBalancedSampler
 
 SAMPLERS = ("group_by_length", "balanced", "random", "batch_rebalance")
 
@@ -34,7 +34,8 @@ def token_lengths(task: str) -> list[int]:
     """Prompt, answer and EOS of every training row, in tokens, as the trainer's `input_ids` hold them."""
     _, _, model_args = parse_train_args(["embedded-cpu-quick", "--output_dir", tempfile.mkdtemp()])
     tokenizer = load_tokenizer(model_args)
-    train, _ = training_sets(load_task(task))
+    benchmark = load_benchmark(task)  # refuses a variant that `finetune train` would not train on
+    train = prompt_completion(benchmark.task, benchmark.task.training_docs())
     prompts = tokenizer(list(train["prompt"]), add_special_tokens=False)["input_ids"]
     answers = tokenizer(list(train["completion"]), add_special_tokens=False)["input_ids"]
     return [len(p) + len(a) + 1 for p, a in zip(prompts, answers, strict=True)]

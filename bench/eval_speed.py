@@ -12,6 +12,7 @@ time by kind into --out (bench/benchlib.write_kernel_summary). `merged` folds th
 
 import argparse
 import os
+import sys
 import time
 import traceback
 from contextlib import nullcontext
@@ -21,14 +22,14 @@ from pathlib import Path
 import benchlib
 import torch
 from lm_eval import simple_evaluate
+from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from finetune.data import task_manager
-from finetune.evaluate import BASE_NAME, active
+from finetune.benchmark import BASE_NAME, TaskError, load_tasks, task_manager
+from finetune.evaluate import active
 from finetune.model import base_config, load_model, load_tokenizer
 
-PINNED = ("tweet_sentiment_gen", "tweet_sentiment_mc")
 FULL = ("tweet_sentiment_gen_full", "tweet_sentiment_mc_full")
 
 
@@ -52,10 +53,13 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None, profile: Path | None = None) -> dict:
-    """One variant through lm-eval's evaluator; the seconds include lm-eval building the task. For a generative
-    variant, also how many tokens the answers took, and the share that ran to `max_gen_toks` without ending:
-    decoding runs until every answer of a batch has ended, so one such answer makes its whole batch run to the cap."""
+def score(lm: HFLM, manager: TaskManager, task: Task, limit: int | None = None, profile: Path | None = None) -> dict:
+    """One variant through lm-eval's evaluator, on the task as loaded once (as `finetune evaluate` scores it); the
+    manager is the package's, since lm-eval would otherwise index its own thousands of tasks inside the timing.
+    For a generative variant, also how many tokens the answers took, and the share that ran to `max_gen_toks`
+    without ending: decoding runs until every answer of a batch has ended, so one such answer makes its whole batch
+    run to the cap."""
+    name = task.config.task
     sync()
     with (
         torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) if profile else nullcontext() as prof
@@ -68,18 +72,18 @@ def score(lm: HFLM, manager: TaskManager, task: str, limit: int | None = None, p
         seconds = time.perf_counter() - start
     if profile:
         benchlib.write_kernel_summary(prof, seconds, profile)
-    values = out["results"][task]
+    values = out["results"][name]
     row = {
-        "task": task,
+        "task": name,
         "seconds": seconds,
-        "n": int(out["n-samples"][task]["effective"]),
+        "n": int(out["n-samples"][name]["effective"]),
         "acc": values["acc,none"],
         "macro_f1": values["macro_f1,none"],
         "invalid": values["invalid,none"],
     }
-    if task.startswith("tweet_sentiment_gen"):
-        lengths = [len(lm.tok_encode(s["resps"][0][0])) for s in out["samples"][task]]
-        cap = out["configs"][task]["generation_kwargs"]["max_gen_toks"]
+    if task.config.output_type == "generate_until":
+        lengths = [len(lm.tok_encode(s["resps"][0][0])) for s in out["samples"][name]]
+        cap = out["configs"][name]["generation_kwargs"]["max_gen_toks"]
         row["answer_tokens"] = sum(lengths) / len(lengths)
         row["unended"] = sum(n >= cap for n in lengths) / len(lengths)
     return row
@@ -89,27 +93,30 @@ def run_setting(
     setting: Setting,
     base: str,
     adapter: str | None,
-    tasks: list[str],
+    tasks: dict[str, Task],
+    warmup: Task,
     manager: TaskManager,
     limit: int | None = None,
     profile_dir: Path | None = None,
 ) -> tuple[list, int]:
     """Every task for the base, then for base + adapter, with one model per setting loaded as
     `finetune evaluate` loads it (on the GPU where there is one); the rows measured and how many tasks failed
-    (a task failing, e.g. a `_full` one without its data, must not lose the others' numbers)."""
+    (a task failing must not lose the others' numbers)."""
     model_args = base_config(base, setting.dtype)
     tokenizer = load_tokenizer(model_args)
     rows, failed = [], 0
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
-    score(lm, manager, PINNED[0], limit=16)  # warm-up: CUDA context, cuBLAS handles, allocator
+    score(lm, manager, warmup, limit=16)  # warm-up: CUDA context, cuBLAS handles, allocator
     for state in [BASE_NAME] + (["adapter"] if adapter else []):
         if state == "adapter" and setting.merged:
             model = model.merge_and_unload()
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
-        for task in tasks:
+        for task_name, task in tasks.items():
             name = state if not setting.merged or state == BASE_NAME else "merged"
-            profile = profile_dir / f"profile-{setting}-{name}-{task}.txt".replace(":", "-") if profile_dir else None
+            profile = (
+                profile_dir / f"profile-{setting}-{name}-{task_name}.txt".replace(":", "-") if profile_dir else None
+            )
             try:
                 with active(model, state):
                     row = score(lm, manager, task, limit, profile)
@@ -133,7 +140,7 @@ def main() -> None:
     parser.add_argument(  # argparse does not pass a default through `type`
         "--settings", nargs="+", default=[Setting.parse(s) for s in ("float32:16", "bfloat16:256")], type=Setting.parse
     )
-    parser.add_argument("--tasks", nargs="+", default=[*PINNED, *FULL])
+    parser.add_argument("--tasks", nargs="+", default=[*benchlib.PINNED, *FULL])
     parser.add_argument("--full-data", type=Path, help="folder with the source's test.jsonl (mteb layout)")
     parser.add_argument("--limit", type=int, help="score only the first N rows of each variant (a smoke test)")
     parser.add_argument("--out", type=Path, help="folder for the results JSON")
@@ -145,13 +152,21 @@ def main() -> None:
     if args.full_data:
         os.environ["TWEET_SENTIMENT_DATA_DIR"] = str(args.full_data)
     manager = task_manager()
+    tasks, failed = {}, 0
+    for name in args.tasks:  # one by one, so that a `_full` variant without its data loses only its own rows
+        try:
+            tasks.update(load_tasks([name], manager))
+        except TaskError as err:
+            print(f"eval_speed: {err}", file=sys.stderr, flush=True)
+            failed += 1
+    warmup = load_tasks([benchlib.PINNED[0]], manager)[benchlib.PINNED[0]]
     env = benchlib.environment()
     print("ENV", env, flush=True)
-    rows, failed = [], 0
+    rows = []
     for setting in args.settings:
         try:
             measured, failures = run_setting(
-                setting, args.base, args.adapter, args.tasks, manager, args.limit, profile_dir
+                setting, args.base, args.adapter, tasks, warmup, manager, args.limit, profile_dir
             )
             rows, failed = rows + measured, failed + failures
         except Exception:  # noqa: BLE001 - one setting failing must not lose the others' numbers
@@ -167,7 +182,7 @@ def main() -> None:
     if args.out:
         benchlib.write_json(args.out / "eval-speed.json", rows, env)
     if failed:
-        raise SystemExit(f"{failed} setting(s) or task(s) failed (tracebacks above); the table holds the rest")
+        raise SystemExit(f"{failed} setting(s) or task(s) failed (said above); the table holds the rest")
 
 
 if __name__ == "__main__":

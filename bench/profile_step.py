@@ -22,7 +22,7 @@ import benchlib
 import torch
 
 from finetune.config import parse_train_args
-from finetune.train import build_trainer
+from finetune.train import trainer_for
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
            "aten::_scaled_dot_product_flash_attention_for_cpu_backward")  # fmt: skip
@@ -55,7 +55,7 @@ def main() -> None:
     task_args, sft, model_args = parse_train_args([args.preset, "--output_dir", tempfile.mkdtemp(prefix="profile-"),
         "--max_steps", str(args.steps), "--eval_strategy", "no", "--save_strategy", "no",
         "--load_best_model_at_end", "false", "--disable_tqdm", "true", *extra])  # fmt: skip
-    trainer = build_trainer(task_args, sft, model_args)
+    trainer = trainer_for(task_args, sft, model_args)
     on_gpu = torch.cuda.is_available() and not sft.use_cpu
     name = Path(args.preset).stem + (f"-rank{sft.process_index}" if sft.world_size > 1 else "")
     window = (benchlib.Profiler(args.skip, args.out / f"profile-{name}.txt") if on_gpu

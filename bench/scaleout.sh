@@ -61,20 +61,20 @@ runs=$out/runs
 gpus=$(nvidia-smi -L | wc -l)
 per_device=$(sed -n 's/^per_device_train_batch_size: *//p' finetune/configs/embedded-gpu.yaml)
 step "SmolLM2 embedded-gpu on 2 GPUs, per-device batch $((per_device / 2)) (effective $per_device)"
-CUDA_VISIBLE_DEVICES=0,1 timed python3 -m finetune.cli train embedded-gpu --num-processes 2 \
+CUDA_VISIBLE_DEVICES=0,1 timed python3 -m finetune.cli train embedded-gpu --num_processes 2 \
   --output_dir "$runs/smollm2-2gpu" --per_device_train_batch_size $((per_device / 2)) > "$out/smollm2-2gpu.log" 2>&1
 step "SmolLM2 embedded-gpu on 1 GPU"
 CUDA_VISIBLE_DEVICES=0 timed python3 -m finetune.cli train embedded-gpu --output_dir "$runs/smollm2-1gpu" \
   > "$out/smollm2-1gpu.log" 2>&1
 grep -h "effective batch\|train_runtime" "$out/smollm2-2gpu.log" "$out/smollm2-1gpu.log"
-evaluate() {  # NAME [--num-processes N]
+evaluate() {  # NAME [--num_processes N]
   local name=$1; shift
-  timed python3 -m finetune.cli evaluate --base embedded --adapter "$runs/smollm2-2gpu" --adapter "$runs/smollm2-1gpu" \
-    --batch-size 64 "$@" --out "$out/$name" > "$out/$name.log" 2>&1
+  timed python3 -m finetune.cli evaluate --model_name_or_path embedded --adapter "$runs/smollm2-2gpu" \
+    --adapter "$runs/smollm2-1gpu" --batch_size 64 "$@" --output_dir "$out/$name" > "$out/$name.log" 2>&1
   head -8 "$out/$name/report.md"
 }
 step "evaluate base + both adapters on $gpus processes"
-evaluate eval-${gpus}gpu --num-processes "$gpus"
+evaluate eval-${gpus}gpu --num_processes "$gpus"
 step "evaluate base + both adapters on 1 GPU"
 CUDA_VISIBLE_DEVICES=0 evaluate eval-1gpu
 python3 - "$out" "$gpus" <<'PY'

@@ -1,8 +1,8 @@
-"""Training throughput on several GPUs of one host: a variant of bench/train_throughput.py (the 8B-shaped
-4-bit nf4 QLoRA run, same per-device arguments) under `accelerate launch`, DDP or FSDP. Each process times its
-optimizer steps and counts the non-padding tokens of its own batches; the first adds them up and prints one
-RESULT line: processes, tokens/s and examples/s at steady state (all processes together), and the peak
-`torch.cuda.max_memory_allocated` of every card.
+"""Training throughput on several GPUs of one host: bench/train_throughput.py's 8B-shaped 4-bit nf4 QLoRA run
+(the same variants, bench/benchlib.py's `VARIANTS_8B`, same per-device arguments) under `accelerate launch`, DDP or
+FSDP. Each process times its optimizer steps and counts the non-padding tokens of its own batches; the first adds
+them up and prints one RESULT line: processes, tokens/s and examples/s at steady state (all processes together),
+and the peak `torch.cuda.max_memory_allocated` of every card.
 
     accelerate launch --num_processes N [--config_file finetune/accelerate/fsdp_qlora.yaml] \\
         bench/scaleout_train.py --model-dir DIR --tokenizer DIR [--variant b64] [--out results.jsonl] [--KEY VALUE ...]
@@ -23,14 +23,13 @@ import benchlib
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from train_throughput import VARIANTS, Variant, add_tokenizer, run_variant
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="the 8B-shaped folder train_throughput.py wrote")
     parser.add_argument("--tokenizer", default="embedded", help="Hub id, folder or `embedded` (SmolLM2's)")
-    parser.add_argument("--variant", default="b64", choices=VARIANTS)
+    parser.add_argument("--variant", default="b64", choices=benchlib.VARIANTS_8B)
     parser.add_argument("--steps", type=int, help="optimizer steps (default: the variant's own)")
     parser.add_argument("--skip", type=int, help="first steps left out of the steady state (default: the variant's)")
     parser.add_argument("--label", default="DDP", help="how the processes share the work, for the RESULT line")
@@ -39,10 +38,12 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     state = PartialState()
     with state.main_process_first():
-        add_tokenizer(args.model_dir, args.tokenizer)
-    v = VARIANTS[args.variant]
-    v = Variant(v.preset, (*v.args, *extra), args.steps or v.steps, v.skip if args.skip is None else args.skip, v.about)
-    result = run_variant(args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS)
+        benchlib.add_tokenizer(args.model_dir, args.tokenizer)
+    v = benchlib.VARIANTS_8B[args.variant]
+    v = benchlib.Variant(
+        v.preset, (*v.args, *extra), args.steps or v.steps, v.skip if args.skip is None else args.skip, v.about
+    )
+    result = benchlib.run_variant(args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS)
     ranks = gather_object([asdict(result)])
     if not state.is_main_process:
         return

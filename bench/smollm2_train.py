@@ -4,10 +4,10 @@ followed by the macro-F1 of its adapter on the pinned 300 test rows (lm-eval, fp
 
     python bench/smollm2_train.py --variants before fast-b64 --out results/
 
-Per variant: load (build_trainer), train (`trainer.train()`, validation and checkpoints included), save,
-their sum (the run), an epoch's pure training time at steady state (median step x steps per epoch), the
-wall time of the first epoch (validation, checkpoints and one-off kernel compilation included), tokens/s,
-peak memory, padding share, macro-F1.
+Per variant: load (`finetune.train.trainer_for`: data, model, trainer), train (`trainer.train()`, validation and
+checkpoints included), save, their sum (the run), an epoch's pure training time at steady state (median step x
+steps per epoch), the wall time of the first epoch (validation, checkpoints and one-off kernel compilation
+included), tokens/s, peak memory, padding share, macro-F1.
 """
 
 import argparse
@@ -20,14 +20,13 @@ from pathlib import Path
 
 import benchlib
 import torch
-from eval_speed import PINNED, score
-from lm_eval.models.huggingface import HFLM
 from transformers.models.llama import modeling_llama
 
+from finetune.benchmark import load_tasks
 from finetune.config import parse_train_args
-from finetune.data import task_manager
+from finetune.evaluate import language_model, run_benchmark
 from finetune.model import base_config, load_model, load_tokenizer
-from finetune.train import build_trainer
+from finetune.train import trainer_for
 
 PRESET = "embedded-gpu"
 # `embedded-gpu` as of commit 62e99b2, spelled out so that the row stays the same when the preset changes.
@@ -73,7 +72,7 @@ def train_variant(name: str, variant: Variant, runs: Path, skip: int) -> dict:
     with benchlib.restored_modules(modeling_llama):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        trainer = build_trainer(task_args, sft, model_args)
+        trainer = trainer_for(task_args, sft, model_args)
         t_load = time.perf_counter() - t0
         batches = benchlib.count_training_batches(trainer)
         timer = benchlib.StepTimer()
@@ -109,11 +108,10 @@ def macro_f1(adapter: Path, batch_size: int) -> dict:
     """The adapter scored as `finetune evaluate` scores it: fp32 base, peft adapter, lm-eval, pinned 300."""
     model_args = base_config("embedded")
     model = load_model(model_args, {"adapter": str(adapter)})
-    lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
-    manager = task_manager()
+    lm = language_model(model, load_tokenizer(model_args), batch_size)
+    results, _ = run_benchmark(lm, load_tasks(list(benchlib.PINNED)), None)
     scores = {}
-    for task in PINNED:
-        r = score(lm, manager, task)
+    for task, r in results.items():
         kind = task.rsplit("_", 1)[-1]
         scores.update({f"macro_f1_{kind}": r["macro_f1"], f"acc_{kind}": r["acc"], f"invalid_{kind}": r["invalid"]})
     del lm, model
