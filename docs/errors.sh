@@ -42,23 +42,23 @@ with open("mine.csv", "w") as f:
 PY
 
 echo "## Input files"; echo
-show "Malformed JSON" finetune predict --input malformed.jsonl --output labeled.jsonl
-show "A row that is not an object" finetune predict --input not_object.jsonl --output labeled.jsonl
-show "Missing text" finetune predict --input no_text.jsonl --output labeled.jsonl
-show "Null text" finetune predict --input null_text.jsonl --output labeled.jsonl
-show "Empty text" finetune predict --input empty_text.jsonl --output labeled.jsonl
-show "Whitespace-only text" finetune predict --input blank_text.jsonl --output labeled.jsonl
-show "Non-UTF-8 bytes (a Latin-1 CSV)" finetune predict --input latin1.csv --output labeled.jsonl
-show "An empty file" finetune predict --input empty.jsonl --output labeled.jsonl
-show "A header-only CSV" finetune predict --input header_only.csv --output labeled.jsonl
-show "A CSV without the text column" finetune predict --input no_text_column.csv --output labeled.jsonl
-show "Duplicate ids" finetune predict --input duplicate_ids.jsonl --output labeled.jsonl
-show "A byte order mark is read as plain UTF-8" finetune predict --input bom.csv --output bom_labeled.jsonl
+show "Malformed JSON" finetune predict --input_file malformed.jsonl --output_file labeled.jsonl
+show "A row that is not an object" finetune predict --input_file not_object.jsonl --output_file labeled.jsonl
+show "Missing text" finetune predict --input_file no_text.jsonl --output_file labeled.jsonl
+show "Null text" finetune predict --input_file null_text.jsonl --output_file labeled.jsonl
+show "Empty text" finetune predict --input_file empty_text.jsonl --output_file labeled.jsonl
+show "Whitespace-only text" finetune predict --input_file blank_text.jsonl --output_file labeled.jsonl
+show "Non-UTF-8 bytes (a Latin-1 CSV)" finetune predict --input_file latin1.csv --output_file labeled.jsonl
+show "An empty file" finetune predict --input_file empty.jsonl --output_file labeled.jsonl
+show "A header-only CSV" finetune predict --input_file header_only.csv --output_file labeled.jsonl
+show "A CSV without the text column" finetune predict --input_file no_text_column.csv --output_file labeled.jsonl
+show "Duplicate ids" finetune predict --input_file duplicate_ids.jsonl --output_file labeled.jsonl
+show "A byte order mark is read as plain UTF-8" finetune predict --input_file bom.csv --output_file bom_labeled.jsonl
 echo '```console'; echo '$ cat bom_labeled.jsonl'; cat bom_labeled.jsonl; echo '```'; echo
-show "A very long line: more tokens than the model takes" finetune predict --input long_line.jsonl --output labeled.jsonl
-show "... skipped on request, counted and reported" finetune predict --input long_line.jsonl --output labeled.jsonl --skip-bad-rows
+show "A very long line: more tokens than the model takes" finetune predict --input_file long_line.jsonl --output_file labeled.jsonl
+show "... skipped on request, counted and reported" finetune predict --input_file long_line.jsonl --output_file labeled.jsonl --skip_bad_rows
 echo '```console'; echo '$ cat labeled.report.json'; cat labeled.report.json; echo; echo '```'; echo
-show "A missing input file" finetune predict --input missing.jsonl --output missing_labeled.jsonl
+show "A missing input file" finetune predict --input_file missing.jsonl --output_file missing_labeled.jsonl
 
 echo "## Training files"; echo
 show "An unknown label (and an empty text) in a training file" finetune train embedded-cpu-quick --train_file mine.csv --output_dir runs/mine
@@ -72,19 +72,19 @@ fi
 
 echo "## Commands"; echo
 show "A misspelled flag (train)" finetune train embedded-cpu-quick --lora_rr 3
-show "A misspelled flag (predict)" finetune predict --input bom.csv --output x.jsonl --batchsize 4
+show "A misspelled flag (predict)" finetune predict --input_file bom.csv --output_file x.jsonl --batchsize 4
 printf 'model_name_or_path: embedded\nlora_rank: 8\n' > typo.yaml
 show "A misspelled key in a config file" finetune train typo.yaml
 show "A bad value" finetune train embedded-cpu-quick --lora_r eight
 show "An unknown task" finetune evaluate --tasks tweet_sentiment_gne
 show "A task that cannot be trained on" finetune train embedded-cpu-quick --task tweet_sentiment_mc
 touch a-file
-show "An output folder that cannot be written" finetune predict --input bom.csv --output a-file/labeled.jsonl
+show "An output folder that cannot be written" finetune predict --input_file bom.csv --output_file a-file/labeled.jsonl
 
 echo "## Outputs"; echo
-show "An existing labeled file" finetune predict --input bom.csv --output bom_labeled.jsonl
+show "An existing labeled file" finetune predict --input_file bom.csv --output_file bom_labeled.jsonl
 mkdir -p runs/report && echo '{}' > runs/report/metrics.json
-show "An existing report" finetune evaluate --out runs/report
+show "An existing report" finetune evaluate --output_dir runs/report
 show "An existing run folder" finetune train embedded-cpu-quick --output_dir runs/mine
 show "Resuming a folder with no checkpoint" finetune train embedded-cpu-quick --output_dir runs/empty --resume true
 
@@ -103,11 +103,11 @@ show "... and the command it names" $RESUME
 echo '```console'; echo '$ ls runs/sig'; ls runs/sig; echo '```'; echo
 
 echo "## Models"; echo
-show "A base path that does not exist" finetune predict --model ./models/nope --input bom.csv --output m.jsonl
+show "A base path that does not exist" finetune predict --model_name_or_path ./models/nope --input bom.csv --output_file m.jsonl
 GGUF=$("$PY" -c "from finetune.model import embedded_gguf; print(embedded_gguf())")
-show "A GGUF file" finetune predict --model "$GGUF" --input bom.csv --output m.jsonl
+show "A GGUF file" finetune predict --model_name_or_path "$GGUF" --input bom.csv --output_file m.jsonl
 mkdir -p config-only && cp "$(finetune model-path)/config.json" config-only/
-show "A folder without weights" finetune predict --model config-only --input bom.csv --output m.jsonl
+show "A folder without weights" finetune predict --model_name_or_path config-only --input bom.csv --output_file m.jsonl
 "$PY" - <<'PY'
 from pathlib import Path
 from transformers import LlamaConfig
@@ -116,7 +116,7 @@ LlamaConfig(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, n
             num_key_value_heads=8, vocab_size=128256).save_pretrained("llama-405b-shapes")
 Path("llama-405b-shapes/model.safetensors").write_bytes(b"")
 PY
-show "A model too big for the device" finetune predict --model llama-405b-shapes --dtype bfloat16 --input bom.csv --output m.jsonl
-show "An adapter path that does not exist" finetune evaluate --adapter runs/nope --out runs/r1
+show "A model too big for the device" finetune predict --model_name_or_path llama-405b-shapes --dtype bfloat16 --input bom.csv --output_file m.jsonl
+show "An adapter path that does not exist" finetune evaluate --adapter runs/nope --output_dir runs/r1
 cp -r "$(finetune model-path)" other-model
-show "An adapter for another base" finetune evaluate --base other-model --adapter runs/sig --out runs/r2
+show "An adapter for another base" finetune evaluate --model_name_or_path other-model --adapter runs/sig --output_dir runs/r2
