@@ -59,6 +59,13 @@ show "A very long line: more tokens than the model takes" finetune predict --inp
 show "... skipped on request, counted and reported" finetune predict --input_file long_line.jsonl --output_file labeled.jsonl --skip_bad_rows
 echo '```console'; echo '$ cat labeled.report.json'; cat labeled.report.json; echo; echo '```'; echo
 show "A missing input file" finetune predict --input_file missing.jsonl --output_file missing_labeled.jsonl
+ln -sfn loop.jsonl loop.jsonl
+show "A link that points at itself (any file the system will not read)" finetune predict --input_file loop.jsonl --output_file labeled.jsonl
+show "A CSV whose text column has another name" finetune predict --input_file no_text_column.csv --text_column tweet --output_file tweet_labeled.jsonl
+printf '{"text": "a gzip file is read as its text"}\n' | gzip > rows.jsonl.gz
+show "A gzip-compressed file" finetune predict --input_file rows.jsonl.gz --output_file gz_labeled.jsonl
+head -c 30 rows.jsonl.gz > cut.jsonl.gz
+show "A gzip file cut short" finetune predict --input_file cut.jsonl.gz --output_file labeled.jsonl
 
 echo "## Training files"; echo
 show "An unknown label (and an empty text) in a training file" finetune train embedded-cpu-quick --train_file mine.csv --output_dir runs/mine
@@ -71,6 +78,8 @@ if [ -f "${TWEET_SENTIMENT_DATA_DIR:-}/train.jsonl" ]; then  # the source split,
 fi
 
 echo "## Commands"; echo
+show "No preset or config" finetune train --output_dir runs/x
+show "A misspelled preset" finetune train embeded-gpu
 show "A misspelled flag (train)" finetune train embedded-cpu-quick --lora_rr 3
 show "A misspelled flag (predict)" finetune predict --input_file bom.csv --output_file x.jsonl --batchsize 4
 printf 'model_name_or_path: embedded\nlora_rank: 8\n' > typo.yaml
@@ -88,6 +97,20 @@ show "An existing report" finetune evaluate --output_dir runs/report
 show "An existing run folder" finetune train embedded-cpu-quick --output_dir runs/mine
 show "Resuming a folder with no checkpoint" finetune train embedded-cpu-quick --output_dir runs/empty --resume true
 
+echo "## One run per output"; echo
+echo '```console'
+echo '$ finetune train embedded-cpu-quick --output_dir runs/busy --max_steps 100000 &'
+"$PY" -m finetune.cli train embedded-cpu-quick --output_dir runs/busy --max_steps 100000 > busy.out 2> busy.err &
+BUSY=$!
+until "$PY" -c "import sys; from finetune.outputs import holder_file; sys.exit(not holder_file('runs/busy').exists())"; do sleep 0.5; done
+echo '$ finetune train embedded-cpu-quick --output_dir runs/busy'
+"$PY" -m finetune.cli train embedded-cpu-quick --output_dir runs/busy > out.txt 2>&1; RC=$?
+grep -v -E "$NOISE" out.txt; echo "[exit $RC]"
+echo '$ kill -9 %1'
+kill -9 "$BUSY"; wait "$BUSY" 2> /dev/null
+echo '```'; echo
+show "... after kill -9, the next run takes over" finetune train embedded-cpu-quick --output_dir runs/busy --max_steps 1 --eval_strategy no --save_strategy no --load_best_model_at_end false
+
 echo "## Interruption"; echo
 echo '```console'
 echo '$ finetune train embedded-cpu-quick --output_dir runs/sig --max_steps 6 &   # then, after its first log line: kill -TERM %1'
@@ -103,11 +126,11 @@ show "... and the command it names" $RESUME
 echo '```console'; echo '$ ls runs/sig'; ls runs/sig; echo '```'; echo
 
 echo "## Models"; echo
-show "A base path that does not exist" finetune predict --model_name_or_path ./models/nope --input bom.csv --output_file m.jsonl
+show "A base path that does not exist" finetune predict --model_name_or_path ./models/nope --input_file bom.csv --output_file m.jsonl
 GGUF=$("$PY" -c "from finetune.model import embedded_gguf; print(embedded_gguf())")
-show "A GGUF file" finetune predict --model_name_or_path "$GGUF" --input bom.csv --output_file m.jsonl
+show "A GGUF file" finetune predict --model_name_or_path "$GGUF" --input_file bom.csv --output_file m.jsonl
 mkdir -p config-only && cp "$(finetune model-path)/config.json" config-only/
-show "A folder without weights" finetune predict --model_name_or_path config-only --input bom.csv --output_file m.jsonl
+show "A folder without weights" finetune predict --model_name_or_path config-only --input_file bom.csv --output_file m.jsonl
 "$PY" - <<'PY'
 from pathlib import Path
 from transformers import LlamaConfig
@@ -116,7 +139,7 @@ LlamaConfig(hidden_size=16384, intermediate_size=53248, num_hidden_layers=126, n
             num_key_value_heads=8, vocab_size=128256).save_pretrained("llama-405b-shapes")
 Path("llama-405b-shapes/model.safetensors").write_bytes(b"")
 PY
-show "A model too big for the device" finetune predict --model_name_or_path llama-405b-shapes --dtype bfloat16 --input bom.csv --output_file m.jsonl
+show "A model too big for the device" finetune predict --model_name_or_path llama-405b-shapes --dtype bfloat16 --input_file bom.csv --output_file m.jsonl
 show "An adapter path that does not exist" finetune evaluate --adapter runs/nope --output_dir runs/r1
 cp -r "$(finetune model-path)" other-model
 show "An adapter for another base" finetune evaluate --model_name_or_path other-model --adapter runs/sig --output_dir runs/r2

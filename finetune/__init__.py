@@ -12,3 +12,8 @@ def first_line(err: BaseException) -> str:
     """What a library's error says first (huggingface_hub's and datasets' run to many lines), or its type."""
     said = str(err).strip()
     return said.splitlines()[0] if said else type(err).__name__
+
+
+def os_error(err: OSError) -> str:
+    """An OSError as a user reads it in one line: the path, then the system's reason."""
+    return f"{err.filename}: {err.strerror or first_line(err)}"

@@ -13,6 +13,7 @@ from datasets.exceptions import DatasetGenerationError
 from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
+from transformers import PreTrainedTokenizerBase
 
 import lm_eval_tasks
 from finetune import FinetuneError, first_line
@@ -128,10 +129,11 @@ def label_rows(lm: HFLM, choices: Task, rows: list[dict]) -> list[dict]:
     return labeled
 
 
-def scored_lengths(lm: HFLM, choices: Task, rows: list[dict]) -> list[int]:
-    """Tokens of each row's prompt and its longest label, as lm-eval scores them."""
-    longest = max(len(lm.tok_encode(" " + label)) for label in choices.doc_to_choice({}))
-    return [len(lm.tok_encode(choices.doc_to_text(row))) + longest for row in rows]
+def scored_lengths(tokenizer: PreTrainedTokenizerBase, choices: Task, rows: list[dict]) -> list[int]:
+    """Tokens of each row's prompt and its longest label, encoded as lm-eval's HFLM encodes them (the tokenizer's
+    own special tokens), before any weights load."""
+    longest = max(len(tokenizer.encode(" " + label)) for label in choices.doc_to_choice({}))
+    return [len(tokenizer.encode(choices.doc_to_text(row))) + longest for row in rows]
 
 
 @dataclass

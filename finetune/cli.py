@@ -7,7 +7,7 @@ from pathlib import Path
 
 from trl import ModelConfig, TrlParser
 
-from finetune import FinetuneError
+from finetune import FinetuneError, os_error
 from finetune.config import DTYPES, unknown_flags
 from finetune.flags import option, positive_int, switch
 from finetune.launch import (
@@ -19,6 +19,7 @@ from finetune.launch import (
     split_launch_args,
     wants_launch,
 )
+from finetune.outputs import one_run
 
 RUN_FLAGS = ("--resume", "--overwrite")
 BOOLEANS = ("true", "false", "yes", "no", "1", "0")
@@ -51,7 +52,8 @@ def _train(args: argparse.Namespace, rest: list[str]) -> None:
 
     task_args, sft, model_args = parse_train_args(rest, args.parser)
     benchmark = load_benchmark(task_args.task, bool(task_args.train_file), bool(task_args.validation_file))
-    out = train(benchmark, task_args, sft, model_args, resume_command(rest, launch_flags(args.launch)))
+    with one_run(Path(sft.output_dir)):
+        out = train(benchmark, task_args, sft, model_args, resume_command(rest, launch_flags(args.launch)))
     if is_main_process():
         print(out)
 
@@ -60,7 +62,9 @@ def _distill(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.config import parse_train_args
     from finetune.distill import distill
 
-    print(distill(*parse_train_args(rest, args.parser)))
+    distill_args, task_args, sft, model_args = parse_train_args(rest, args.parser)
+    with one_run(Path(sft.output_dir)):
+        print(distill(distill_args, task_args, sft, model_args))
 
 
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
@@ -69,42 +73,45 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.outputs import check_output
     from finetune.report import write_report
 
-    check_output(args.output_dir, args.overwrite)
-    evaluation = evaluate(
-        _base(args),
-        args.adapter,
-        tasks=load_tasks(args.tasks),
-        limit=args.limit,
-        batch_size=args.batch_size,
-        allow_other_base=args.allow_other_base,
-    )
-    if evaluation is not None:  # the first process holds every row
-        print(write_report(evaluation, args.output_dir, args.overwrite))
-        print(f"report in {args.output_dir}")
+    with one_run(args.output_dir):
+        check_output(args.output_dir, args.overwrite)
+        evaluation = evaluate(
+            _base(args),
+            args.adapter,
+            tasks=load_tasks(args.tasks),
+            limit=args.limit,
+            batch_size=args.batch_size,
+            allow_other_base=args.allow_other_base,
+        )
+        if evaluation is not None:  # the first process holds every row
+            print(write_report(evaluation, args.output_dir, args.overwrite))
+            print(f"report in {args.output_dir}")
 
 
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.model import merge
 
-    print(merge(_base(args), args.adapter, args.output_dir, args.overwrite, args.allow_other_base))
+    with one_run(args.output_dir):
+        print(merge(_base(args), args.adapter, args.output_dir, args.overwrite, args.allow_other_base))
 
 
 def _predict(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.benchmark import load_choices
     from finetune.predict import predict, report_path
 
-    count = predict(
-        load_choices(),
-        _base(args),
-        args.adapter,
-        args.input_file,
-        args.output_file,
-        args.batch_size,
-        skip_bad_rows=args.skip_bad_rows,
-        text_column=args.text_column,
-        overwrite=args.overwrite,
-        allow_other_base=args.allow_other_base,
-    )
+    with one_run(args.output_file):
+        count = predict(
+            load_choices(),
+            _base(args),
+            args.adapter,
+            args.input_file,
+            args.output_file,
+            args.batch_size,
+            skip_bad_rows=args.skip_bad_rows,
+            text_column=args.text_column,
+            overwrite=args.overwrite,
+            allow_other_base=args.allow_other_base,
+        )
     if is_main_process():
         print(f"labeled {count} rows into {args.output_file} (rows read and skipped: {report_path(args.output_file)})")
 
@@ -115,7 +122,10 @@ def _soup(args: argparse.Namespace, rest: list[str]) -> None:
 
     benchmark = load_benchmark()
     docs = list(benchmark.task.validation_docs())
-    scores = soup(benchmark.choices, docs, _base(args), args.adapter, args.output_dir, args.batch_size, args.overwrite)
+    with one_run(args.output_dir):
+        scores = soup(
+            benchmark.choices, docs, _base(args), args.adapter, args.output_dir, args.batch_size, args.overwrite
+        )
     for name, f1 in scores.items():
         print(f"validation macro-F1 {f1:.4f}  {f'soup -> {args.output_dir}' if name == SOUP else name}")
 
@@ -140,7 +150,8 @@ def _push(args: argparse.Namespace, rest: list[str]) -> None:
 def _demo(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.demo import demo
 
-    text = demo(args.output_dir, rest)
+    with one_run(args.output_dir):
+        text = demo(args.output_dir, rest)
     if text is not None:
         print(text)
 
@@ -302,6 +313,11 @@ def main(argv: list[str] | None = None) -> None:
         if is_main_process() or err.exit_code < 128:  # stopped by a signal, every process would say the same
             print(f"finetune {args.command}: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
+    except OSError as err:  # a file or folder the system refused, past the checks that name their own cause
+        if err.filename is None:
+            raise
+        print(f"finetune {args.command}: error: {os_error(err)}", file=sys.stderr)
+        raise SystemExit(FinetuneError.exit_code) from None
 
 
 if __name__ == "__main__":

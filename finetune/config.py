@@ -138,8 +138,13 @@ def config_file(name: str) -> Path:
     preset = CONFIGS_DIR / f"{name}.yaml"
     if preset.exists():
         return preset
-    known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
-    raise FinetuneError(f"no config file {name!r} and no preset of that name (presets: {known})")
+    close = closest(name, presets())
+    guess = f"did you mean {close}? " if close else ""
+    raise FinetuneError(f"no config file {name!r} and no preset of that name ({guess}presets: {', '.join(presets())})")
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, command: str = "train") -> TrlParser:
@@ -154,27 +159,29 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:
     """`CONFIG [--key value ...]`: the YAML sets the defaults, the flags override them. One instance of each of
     the parser's dataclasses: (TaskArguments, SFTConfig, ModelConfig) for `train`, DistillArguments first for
     `distill`."""
-    config = config_file(argv[0]) if argv and not argv[0].startswith("-") else None
-    if config is not None:
-        argv = ["--config", str(config), *argv[1:]]
+    if argv[:1] == ["--config"]:  # trl's spelling of the same
+        argv = argv[1:]
+    if not argv or argv[0].startswith("-"):  # trl's defaults alone train no sensible model, and fail on a CPU
+        raise FinetuneError(f"give a PRESET or CONFIG.yaml first (presets: {', '.join(presets())})")
+    config = config_file(argv[0])
+    argv = ["--config", str(config), *argv[1:]]
     parser = parser or make_parser()
-    if config is not None:
-        check_keys(config, parser)
+    check_keys(config, parser)
     try:
         *parsed, _, from_flags = parser.parse_args_and_config(
             argv, return_remaining_strings=True, separate_remaining_strings=True
         )
     except ValueError as err:  # what HfArgumentParser and the dataclasses say of bad values
-        raise FinetuneError(f"{config or parser.prog}: {' '.join(str(err).split())}") from None
+        raise FinetuneError(f"{config}: {' '.join(str(err).split())}") from None
     if from_flags:
         raise FinetuneError(f"unrecognized arguments: {unknown_flags(from_flags, parser)}")
     parsed = parsed[: len(parser.dataclass_types)]
     if not parsed[-1].use_peft:  # trl's default is a full fine-tune, which this tool neither saves nor scores
-        raise FinetuneError(f"{config or parser.prog}: finetune trains LoRA adapters: set use_peft: true")
+        raise FinetuneError(f"{config}: finetune trains LoRA adapters: set use_peft: true")
     task_args, sft = parsed[-3], parsed[-2]
     if not task_args.validation_loss and sft.load_best_model_at_end and sft.metric_for_best_model in LOSS_METRICS:
         raise FinetuneError(
-            f"{config or parser.prog}: validation_loss: false leaves no loss to keep the best checkpoint by: "
+            f"{config}: validation_loss: false leaves no loss to keep the best checkpoint by: "
             "set metric_for_best_model: macro_f1"
         )
     return tuple(parsed)  # as the CLI's subparser, a Namespace of its defaults follows

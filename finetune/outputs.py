@@ -1,18 +1,37 @@
-"""Where results land: each is written into a temporary sibling and renamed into place, so a crash leaves the
-old result or the new one, never half of either; an existing result is replaced only when the user says so."""
+"""Where results land: one run at a time on each (a lock beside it), each written into a temporary sibling and
+renamed into place, so a crash leaves the old result or the new one, never half of either; an existing result is
+replaced only when the user says so."""
 
 import contextlib
+import hashlib
+import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from finetune import FinetuneError
+from finetune.launch import is_main_process
+
+logger = logging.getLogger(__name__)
+# mkdtemp's and mkstemp's random part: a run's staging and set-aside paths are `.NAME.` + it (+ `.tmp`), which
+# tells them from another output's (`.NAME.b.` + it, for an output `NAME.b`).
+RANDOM = "?" * 8
+CACHE_ENV = "FINETUNE_CACHE"
 
 
 class OutputExists(FinetuneError):
     """A result is already where a new one would go, and the user did not ask to replace it."""
+
+
+class OutputBusy(FinetuneError):
+    """Another run, alive, holds the output."""
 
 
 def is_used(dest: Path) -> bool:
@@ -78,12 +97,12 @@ def written(dest: Path, overwrite: bool = False, folder: bool = True) -> Iterato
     check_output(dest, overwrite, folder=folder)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if folder:
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        staging = staging_folder(dest)
     else:
         handle, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.close(handle)
         staging = Path(name)
-    staging.chmod((0o777 if folder else 0o666) & ~current_umask())
+        staging.chmod(0o666 & ~current_umask())
     try:
         yield staging
     except BaseException:
@@ -92,7 +111,25 @@ def written(dest: Path, overwrite: bool = False, folder: bool = True) -> Iterato
         else:
             staging.unlink(missing_ok=True)
         raise
+    if staging.is_dir():
+        as_umask_allows(staging)
     replace_with(staging, dest)
+
+
+def staging_folder(dest: Path, kind: str = "") -> Path:
+    """A new hidden sibling of `dest`, unique to this run, for a result until it is complete."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{kind}", suffix=".tmp", dir=dest.parent))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
+
+
+def as_umask_allows(folder: Path) -> None:
+    """Every file under `folder` readable as the user's other files are: libraries that write atomically
+    (safetensors, through a temporary file) leave theirs private (0600)."""
+    mode = 0o666 & ~current_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def current_umask() -> int:
@@ -100,3 +137,92 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def cache_dir() -> Path:
+    """This tool's own files (the converted embedded model, the outputs' locks), apart from the user's."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finetune"
+    return Path(os.environ.get(CACHE_ENV, default))
+
+
+def lock_file(dest: Path) -> Path:
+    """The lock of an output, by its absolute path, in the cache: beside the output it would outlive every run (an
+    flock'd file cannot be removed safely), and a refused or failed run is to leave nothing where it would write."""
+    key = hashlib.sha256(str(Path(dest).resolve()).encode()).hexdigest()[:24]
+    return cache_dir() / "locks" / f"{key}.lock"
+
+
+def holder_file(dest: Path) -> Path:
+    """Who holds the lock, beside it (filelock truncates the lock file itself whenever anyone opens it)."""
+    return lock_file(dest).with_suffix(".json")
+
+
+def holder_of(dest: Path) -> dict | None:
+    try:
+        return json.loads(holder_file(dest).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def described(holder: dict) -> str:
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.get("started", 0)))
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {started}"
+
+
+@contextlib.contextmanager
+def exclusive(dest: Path) -> Iterator[None]:
+    """One run at a time on `dest`, for the whole run: an OS lock beside it (filelock's, which the kernel drops when
+    its holder dies, `kill -9` included) and a note of the holder, which a refused run names. A run that finds the
+    note of a holder that is gone takes over and clears up after it (`recover`)."""
+    dest = Path(dest)
+    try:
+        lock_file(dest).parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_file(dest), timeout=0)
+        lock.acquire()
+    except Timeout:
+        holder = holder_of(dest)
+        who = f" ({described(holder)})" if holder else ""
+        raise OutputBusy(
+            f"{dest}: another run is writing it{who}; wait for it to end, or choose another output"
+        ) from None
+    except OSError as err:
+        raise FinetuneError(f"{dest}: cannot write there ({err.strerror}: {err.filename})") from None
+    try:
+        gone = holder_of(dest)
+        if gone is not None:
+            logger.warning("%s: taking over from a run that is gone (%s)%s", dest, described(gone), recover(dest))
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        holder_file(dest).write_text(json.dumps(me))
+        try:
+            yield
+        finally:
+            holder_file(dest).unlink(missing_ok=True)
+    finally:
+        lock.release()
+
+
+def one_run(dest: Path) -> contextlib.AbstractContextManager:
+    """`exclusive(dest)` in the process that writes for all; the others of `accelerate launch` write nothing."""
+    return exclusive(dest) if is_main_process() else contextlib.nullcontext()
+
+
+def recover(dest: Path) -> str:
+    """After a run killed while it wrote `dest`: its staging removed; the result it was replacing put back where
+    `dest` is missing (killed between the two renames of `replace_with`), else kept aside and named (a training run
+    killed after `claim_run_folder`, whose own folder holds the checkpoints that `--resume` continues from)."""
+    for staging in [
+        *dest.parent.glob(f".{dest.name}.{RANDOM}.tmp"),
+        *dest.parent.glob(f".{dest.name}.final.{RANDOM}.tmp"),
+    ]:
+        shutil.rmtree(staging) if staging.is_dir() else staging.unlink()
+    said = ""
+    for old in sorted(dest.parent.glob(f".{dest.name}.old.{RANDOM}")):
+        if not (old / dest.name).exists():
+            continue
+        if dest.exists():
+            said += f"; the result it was replacing is kept in {old}"
+        else:
+            os.replace(old / dest.name, dest)
+            old.rmdir()
+            said += "; the result it was replacing is back in place"
+    return said

@@ -8,14 +8,25 @@ from pathlib import Path
 from accelerate.utils import gather_object
 from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import resolve_max_length
+from transformers import AutoConfig, PreTrainedTokenizerBase
 from trl import ModelConfig
 
 from finetune import FinetuneError
 from finetune.benchmark import label_rows, scored_lengths
 from finetune.data import drop_too_long, read_rows
 from finetune.launch import is_main_process, process_state
-from finetune.model import load_model, load_tokenizer
+from finetune.model import check_base, load_model, load_tokenizer, resolve_model
 from finetune.outputs import check_output, written
+
+
+def context_length(model_args: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most tokens lm-eval's HFLM gives the model, read as it reads them (its config, then its tokenizer), from
+    the config alone: a row too long is refused before the weights load."""
+    config = AutoConfig.from_pretrained(
+        resolve_model(model_args.model_name_or_path), revision=model_args.model_revision
+    )
+    return resolve_max_length(config, tokenizer, default=HFLM._DEFAULT_MAX_LENGTH)
 
 
 def report_path(dest: Path) -> Path:
@@ -44,9 +55,13 @@ def predict(
     for path in (dest, report_path(dest)):
         check_output(path, overwrite, folder=False)
     table = read_rows(source, text_column=text_column, skip_bad_rows=skip_bad_rows)
+    check_base(model_args)
+    tokenizer = load_tokenizer(model_args)
+    drop_too_long(
+        table, scored_lengths(tokenizer, choices, table.rows), context_length(model_args, tokenizer), skip_bad_rows
+    )
     model = load_model(model_args, {"adapter": adapter} if adapter else None, allow_other_base)
-    lm = HFLM(pretrained=model, tokenizer=load_tokenizer(model_args), batch_size=batch_size)
-    drop_too_long(table, scored_lengths(lm, choices, table.rows), lm.max_length, skip_bad_rows)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     state = process_state()
     with state.split_between_processes(table.rows) as share:
         labeled = gather_object(label_rows(lm, choices, share))

@@ -20,7 +20,15 @@ from finetune.dataset import DATA_REPORT, TrainingData, training_data, user_tabl
 from finetune.interrupt import Interrupted, StopOnSignal, interrupted_message
 from finetune.launch import is_main_process, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
-from finetune.outputs import OutputExists, check_output, is_used, move_into, set_aside
+from finetune.outputs import (
+    OutputExists,
+    as_umask_allows,
+    check_output,
+    is_used,
+    move_into,
+    set_aside,
+    staging_folder,
+)
 from finetune.report import write_training_log
 from finetune.sampler import StepBalancedSampler
 
@@ -232,8 +240,7 @@ def train(
 def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, data: TrainingData) -> None:
     """The adapter, how its base was loaded, its loss curve and the data report, written beside the run folder and
     renamed into it file by file: the checkpoints stay where the Trainer and `--resume` find them."""
-    staging = out.with_name(f".{out.name}.final.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(out, "final.")
     try:
         trainer.save_model(str(staging))
         save_model_args(model_args, staging)
@@ -244,4 +251,5 @@ def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, data: 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    as_umask_allows(staging)
     move_into(staging, out)

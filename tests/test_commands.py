@@ -39,6 +39,9 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
             "-2 is not a positive whole number",
         ),
         (["train", "no-such-preset"], "no config file 'no-such-preset' and no preset of that name (presets: "),
+        (["train", "embeded-gpu"], "no preset of that name (did you mean embedded-gpu? presets: embedded-cpu-quick, "),
+        (["train", "--output_dir", "runs/x"], "give a PRESET or CONFIG.yaml first (presets: embedded-cpu-quick, "),
+        (["distill", "--teacher_adapter", "a"], "give a PRESET or CONFIG.yaml first (presets: "),
     ],
 )
 def test_a_bad_command_line_is_one_line(argv: list[str], message: str, capsys) -> None:

@@ -3,7 +3,9 @@ and every kind of bad input stops with its file and line, or, when asked, is ski
 
 import codecs
 import csv
+import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -218,7 +220,7 @@ def test_file_level_problems_are_one_line_each(tmp_path: Path) -> None:
             "text\nhi\n".encode("utf-16"),
             "{p}:1: UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8",
         ),
-        "rows.txt": (b"hello\n", "{p}: expected a .jsonl or .csv file"),
+        "rows.txt": (b"hello\n", "{p}: expected a .jsonl or .csv file (or either gzip-compressed, .gz)"),
         "short.csv": (b"id,text\n1,hi\n2\n", "{p}:3: 1 fields where the header has 2"),
         "twice.csv": (b"text,id,text\nfirst,1,second\n", "{p}:1: the CSV header names text more than once"),
     }
@@ -230,6 +232,32 @@ def test_file_level_problems_are_one_line_each(tmp_path: Path) -> None:
         assert str(err.value) == message.format(p=path)
     with pytest.raises(BadInput, match=rf"^{tmp_path / 'missing.jsonl'}: no such file$"):
         read_rows(tmp_path / "missing.jsonl")
+
+
+def test_gzip_files_are_read_as_their_text_and_a_broken_one_is_named(tmp_path: Path) -> None:
+    rows = b'{"id": "1", "text": "hello"}\n{"id": "2", "text": "bye"}\n'
+    for name in ("rows.jsonl.gz", "rows.jsonl"):  # by its suffix, or by its first bytes
+        (tmp_path / name).write_bytes(gzip.compress(rows))
+        assert [row["text"] for row in read_rows(tmp_path / name).rows] == ["hello", "bye"]
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(b"text\nhello\n")[:-6])
+    with pytest.raises(BadInput, match=rf"^{cut}: gzip-compressed, but not readable as gzip \(.+\)$"):
+        read_rows(cut)
+
+
+def test_a_file_the_system_will_not_read_is_one_line_naming_it(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    with pytest.raises(BadInput, match=rf"^{loop}: cannot read it \(Too many levels of symbolic links\)$"):
+        read_rows(loop)
+    with pytest.raises(SystemExit) as exit:
+        main(["train", str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--train_file", str(loop)])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"finetune train: error: {loop}: cannot read it (Too many levels of symbolic links)"
+    )
 
 
 def test_a_byte_order_mark_and_windows_line_ends_are_read_as_plain_utf8(tmp_path: Path) -> None:
@@ -303,7 +331,9 @@ def test_a_stray_quote_in_a_csv_is_named_not_read_as_one_field_to_the_end(tmp_pa
         read_rows(path, label_column="label", skip_bad_rows=True)
 
 
-def test_a_row_longer_than_the_model_takes_is_named_not_cut(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_row_longer_than_the_model_takes_is_named_not_cut(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # trl would cut the answer off the end of such a row, and lm-eval the instruction off its start
     rows = [{"text": d["text"], "label": d["label"]} for d in DOCS]
     rows[2]["text"] = "so long " * 400
@@ -326,6 +356,14 @@ def test_a_row_longer_than_the_model_takes_is_named_not_cut(tiny_model_dir: Path
     ]
     with pytest.raises(SystemExit):
         main(predict)
+    # refused before any weights load: a copy of the base whose weights are no weights says the same
+    broken = Path(shutil.copytree(tiny_model_dir, tmp_path / "broken"))
+    for weights in broken.glob("*.safetensors"):
+        weights.write_bytes(b"no weights")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*predict[:2], str(broken), *predict[3:]])
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"finetune predict: error: {train}:3: ")
     main([*predict, "--skip_bad_rows"])
     report = json.loads((tmp_path / "labeled.report.json").read_text())
     assert report["rows"] == len(DOCS) - 1 and report["skipped_rows"][0].startswith(f"{train}:3: ")

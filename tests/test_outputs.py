@@ -3,6 +3,7 @@ result is replaced only with --overwrite. A training run's folder is continued o
 
 import errno
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import AutoModelForCausalLM
 import finetune.train
 from finetune import FinetuneError
 from finetune.cli import main
-from finetune.outputs import OutputExists, written
+from finetune.outputs import OutputExists, current_umask, written
 
 
 def siblings(folder: Path) -> list[str]:
@@ -235,3 +236,32 @@ def test_a_run_that_fails_while_writing_its_adapter_puts_the_run_it_replaces_bac
     assert [p.name for p in out.iterdir()] == ["adapter_model.safetensors"]
     assert (out / "adapter_model.safetensors").read_text() == "last week's adapter"
     assert siblings(out) == ["run"], "no half-written adapter or hidden old run is left beside it"
+
+
+def test_weights_are_written_as_readable_as_every_other_result(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    """safetensors writes through a private temporary file (0600); results get the user's umask, as the rest."""
+    main(["merge", "--model_name_or_path", str(tiny_model_dir), "--adapter", str(tiny_adapter_dir),
+          "--output_dir", str(tmp_path / "merged")])  # fmt: skip
+    expected = 0o666 & ~current_umask()
+    for folder in (tiny_adapter_dir, tmp_path / "merged"):
+        modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in folder.iterdir() if path.is_file()}
+        assert any(name.endswith(".safetensors") for name in modes)
+        assert set(modes.values()) == {oct(expected)}, modes
+
+
+def test_predict_reads_the_text_from_the_column_named(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
+    source = tmp_path / "tweets.csv"
+    source.write_text("id,tweet\n1,good day\n2,bad day\n")
+    predict = ["predict", "--model_name_or_path", str(tiny_model_dir), "--input_file", str(source),
+               "--output_file", str(tmp_path / "labeled.jsonl")]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(predict)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"finetune predict: error: {source}:1: the CSV header has no `text` column (it has: id, tweet)"
+    )
+    main([*predict, "--text_column", "tweet"])
+    rows = [json.loads(line) for line in (tmp_path / "labeled.jsonl").read_text().splitlines()]
+    assert [(row["id"], row["tweet"]) for row in rows] == [("1", "good day"), ("2", "bad day")]
+    assert all(row["prediction"] in ("negative", "neutral", "positive") for row in rows)
