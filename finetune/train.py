@@ -8,7 +8,7 @@ from pathlib import Path
 from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from torch.utils.data import DataLoader, Dataset, Sampler
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
@@ -201,10 +201,12 @@ def train(
     sft: SFTConfig,
     model_args: ModelConfig,
     resume_command: str | None = None,
+    callbacks: list[TrainerCallback] = (),
 ) -> Path:
     """Train, keep the best adapter, and save it with how its base was loaded, its loss curve and the report of
-    the user's files. The final files are written beside the run folder and renamed into it; a signal stops the
-    run with a checkpoint and `Interrupted`, whose message says how to resume."""
+    the user's files; `callbacks` see every step and evaluation (`finetune sweep` reports to Optuna through one).
+    The final files are written beside the run folder and renamed into it; a signal stops the run with a
+    checkpoint and `Interrupted`, whose message says how to resume."""
     out = Path(sft.output_dir)
     model_args = loading_args(model_args, compute_dtype(sft))
     data, tokenizer = prepare(benchmark, task_args, model_args, sft.max_length)
@@ -212,7 +214,8 @@ def train(
     stop = StopOnSignal()
     try:
         trainer = build_trainer(benchmark, data, task_args, sft, model_args, tokenizer)
-        trainer.add_callback(stop)
+        for callback in [stop, *callbacks]:
+            trainer.add_callback(callback)
         if is_main_process():
             print(f"finetune train: {effective_batch(trainer.args)}", flush=True)
         trainer.train(resume_from_checkpoint=True if task_args.resume else None)
