@@ -72,6 +72,24 @@ class TaskArguments:
         default=False,
         metadata={"help": "leave out unusable rows of the files (counted in data_report.json) instead of stopping"},
     )
+    divergence_guard: bool = field(
+        default=True,
+        metadata={
+            "help": "score the base on the validation rows first (logged as step 0) and stop, keeping the best "
+            "checkpoint, when 2 evaluations in a row score below it or answer one label for 90%% of the rows"
+        },
+    )
+    lora_top_layers: float | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA on the top share of the base's blocks only (0.34: the top third), counted from the base's "
+            "own depth; unset: every block"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.lora_top_layers is not None and not 0 < self.lora_top_layers <= 1:
+            raise ValueError(f"lora_top_layers {self.lora_top_layers}: a share of the blocks, above 0 and at most 1")
 
 
 @dataclass

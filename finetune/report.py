@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
-from finetune.benchmark import BASE_NAME, Evaluation  # noqa: E402
+from finetune.benchmark import BASE_NAME, COLLAPSE_SHARE, Evaluation  # noqa: E402
+from finetune.guard import STOPPED  # noqa: E402
 from finetune.outputs import written  # noqa: E402
 from lm_eval_tasks.tweet_sentiment.utils import INVALID, LABELS  # noqa: E402
 
@@ -20,9 +21,6 @@ ANSWER_NAMES = [*LABELS, "invalid"]
 TRAIN_LOG = "train_log.json"
 LOSS_PLOT = "training_loss.png"
 METRICS = "metrics.json"
-# Answers have collapsed when one label takes at least this share of a model's answers on a variant; the gold
-# labels are 28-40% each, and a classifier that is right 80% of the time gives none of them more than ~50%.
-COLLAPSE_SHARE = 0.9
 # Every scored row's (gold, answer) per model and variant, in the task's order: for row-by-row comparisons.
 ANSWERS = "answers.json"
 
@@ -47,7 +45,13 @@ def write_report(evaluation: Evaluation, out: Path, overwrite: bool = False) -> 
 
 def fill_report(evaluation: Evaluation, out: Path) -> str:
     rows = {variant: len(pairs) for variant, pairs in next(iter(evaluation.pairs.values())).items()}
-    found = warnings(evaluation)
+    histories = {name: read_training_log(Path(source)) for name, source in evaluation.adapters.items()}
+    found = warnings(evaluation) + [
+        f"{name}: its training was stopped by the divergence guard: {row[STOPPED]}"
+        for name, history in histories.items()
+        for row in history
+        if STOPPED in row
+    ]
     meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows, "warnings": found}
     (out / METRICS).write_text(json.dumps({**meta, "results": evaluation.results}, indent=1))
     (out / ANSWERS).write_text(json.dumps(evaluation.pairs))
@@ -59,8 +63,7 @@ def fill_report(evaluation: Evaluation, out: Path) -> str:
         for variant, pairs in per_variant.items():
             plot_confusion(pairs, out / f"confusion_{model.replace('/', '--')}_{variant}.png", f"{model} · {variant}")
             sections.append(f"### {model} · {variant}\n\n```\n{class_report(pairs)}```")
-    for name, source in evaluation.adapters.items():
-        history = read_training_log(Path(source))
+    for name, history in histories.items():
         if history:
             plot_training_loss(history, out / f"training_loss_{name}.png")
     text = "\n\n".join(sections) + "\n"

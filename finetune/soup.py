@@ -10,7 +10,7 @@ from peft.tuners.lora import LoraLayer
 from trl import ModelConfig
 
 from finetune import FinetuneError
-from finetune.benchmark import choice_macro_f1
+from finetune.benchmark import choice_scores
 from finetune.evaluate import adapter_names, language_model
 from finetune.model import load_model, load_tokenizer, save_model_args
 from finetune.outputs import check_output, written
@@ -55,7 +55,7 @@ def soup(
     scores = {}
     for name in [*names, SOUP]:
         model.set_adapter(name)
-        scores[name] = choice_macro_f1(lm, choices, validation_docs)
+        scores[name] = choice_scores(lm, choices, validation_docs)["macro_f1"]
     with written(out, overwrite) as staging:
         model.save_pretrained(staging, selected_adapters=[SOUP])
         tokenizer.save_pretrained(staging)

@@ -5,18 +5,22 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
+from peft import LoraConfig
+from peft.utils.error import NoMatchingPeftModuleError
 from torch.utils.data import DataLoader, Dataset, Sampler
-from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-from finetune import FinetuneError
-from finetune.benchmark import Benchmark, choice_macro_f1, load_benchmark
+from finetune import FinetuneError, first_line
+from finetune.benchmark import Benchmark, choice_scores, load_benchmark
 from finetune.config import TaskArguments
 from finetune.dataset import DATA_REPORT, TrainingData, training_data, user_tables
+from finetune.guard import Diverged, DivergenceGuard
 from finetune.interrupt import Interrupted, StopOnSignal, interrupted_message
 from finetune.launch import is_main_process, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
@@ -79,6 +83,7 @@ class BenchmarkSFTTrainer(SFTTrainer):
         self.validation_loss = validation_loss
         self.balance_length_groups = balance_length_groups
         self._lm: HFLM | None = None
+        self.last_scores: dict = {}
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> Sampler | None:
         sampler = super()._get_train_sampler(train_dataset)
@@ -87,16 +92,19 @@ class BenchmarkSFTTrainer(SFTTrainer):
         seed = self.args.seed if self.args.data_seed is None else self.args.data_seed
         return StepBalancedSampler(sampler, self.args.train_batch_size, self.args.world_size, seed)
 
-    def validation_macro_f1(self) -> float:
-        """Macro-F1 of the model as it is now on the validation rows, answered as `tweet_sentiment_mc` answers."""
+    def validation_scores(self) -> dict:
+        """The model as it is now on the validation rows, answered as `tweet_sentiment_mc` answers (`choice_scores`),
+        in eval mode (dropout off) as the loss pass would be; the next training step switches it back."""
         if self._lm is None:  # the wrapper holds the model itself, so it sees every later step's weights
             self._lm = HFLM(
                 pretrained=self.model,
                 tokenizer=self.processing_class,
                 batch_size=self.args.per_device_eval_batch_size,
             )
+        self.model.eval()
         with self.compute_loss_context_manager():
-            return choice_macro_f1(self._lm, self.choices, self.validation_docs, self.args.disable_tqdm)
+            self.last_scores = choice_scores(self._lm, self.choices, self.validation_docs, self.args.disable_tqdm)
+        return self.last_scores
 
     def evaluation_loop(
         self,
@@ -108,15 +116,47 @@ class BenchmarkSFTTrainer(SFTTrainer):
     ) -> EvalLoopOutput:
         scored = metric_key_prefix == "eval" and self.validation_docs
         if scored and not self.validation_loss:
-            self.model.eval()  # as the loss pass would (dropout off); the next training step switches it back
-            metrics = {f"{metric_key_prefix}_macro_f1": self.validation_macro_f1()}
+            metrics = validation_metrics(self.validation_scores(), metric_key_prefix)
             return EvalLoopOutput(
                 predictions=None, label_ids=None, metrics=metrics, num_samples=len(self.validation_docs)
             )
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if scored:
-            output.metrics[f"{metric_key_prefix}_macro_f1"] = self.validation_macro_f1()
+            output.metrics.update(validation_metrics(self.validation_scores(), metric_key_prefix))
         return output
+
+
+def validation_metrics(scores: dict, prefix: str = "eval") -> dict[str, float]:
+    """What an evaluation logs of `choice_scores`: the numbers (the label's name is the guard's to say)."""
+    return {f"{prefix}_macro_f1": scores["macro_f1"], f"{prefix}_top_label_share": scores["top_label_share"]}
+
+
+def lora_config(model_args: ModelConfig, top_layers: float | None, model: PreTrainedModel) -> LoraConfig:
+    """trl's LoRA config, on the top `top_layers` share of the base's blocks where one is given (peft's
+    `layers_to_transform`): a recipe that trains "the top third" means the same on a base of 16 blocks as on one of
+    30. peft takes `layers_to_transform` with module names only, so `all-linear` is spelled out here."""
+    config = get_peft_config(model_args)
+    if top_layers is None:
+        return config
+    targets = linear_names(model) if config.target_modules == "all-linear" else config.target_modules
+    if isinstance(targets, str):
+        raise FinetuneError(
+            f"lora_top_layers takes module names or all-linear as lora_target_modules, not the pattern {targets!r}"
+        )
+    depth = model.config.num_hidden_layers
+    count = max(1, round(depth * top_layers))
+    return replace(config, target_modules=targets, layers_to_transform=list(range(depth - count, depth)))
+
+
+def linear_names(model: PreTrainedModel) -> list[str]:
+    """What peft's `all-linear` targets, by name: every linear layer but the output head (4-bit ones included)."""
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+    return sorted(names)
 
 
 def build_trainer(
@@ -129,18 +169,22 @@ def build_trainer(
 ) -> BenchmarkSFTTrainer:
     """An SFTTrainer on the run's prompt-completion pairs: loss on the answer and EOS only; checkpoints also scored
     by validation macro-F1. `model_args` is how the base loads (`loading_args`)."""
-    trainer = BenchmarkSFTTrainer(
-        model=load_model(model_args),
-        args=sft,
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        choices=benchmark.choices,
-        validation_docs=data.validation_docs,
-        validation_loss=task_args.validation_loss,
-        balance_length_groups=task_args.balance_length_groups,
-    )
+    model = load_model(model_args)
+    try:
+        trainer = BenchmarkSFTTrainer(
+            model=model,
+            args=sft,
+            train_dataset=data.train,
+            eval_dataset=data.validation,
+            processing_class=tokenizer,
+            peft_config=lora_config(model_args, task_args.lora_top_layers, model),
+            choices=benchmark.choices,
+            validation_docs=data.validation_docs,
+            validation_loss=task_args.validation_loss,
+            balance_length_groups=task_args.balance_length_groups,
+        )
+    except NoMatchingPeftModuleError as err:
+        raise FinetuneError(f"lora_target_modules {model_args.lora_target_modules!r}: {first_line(err)}") from None
     for config in trainer.model.peft_config.values():
         config.base_model_name_or_path = hub_name(model_args.model_name_or_path)
     if sft.fp16:
@@ -214,7 +258,8 @@ def train(
     stop = StopOnSignal()
     try:
         trainer = build_trainer(benchmark, data, task_args, sft, model_args, tokenizer)
-        for callback in [stop, *callbacks]:
+        guard = DivergenceGuard(trainer) if guarded(task_args, sft, data) else None
+        for callback in [stop, *([guard] if guard else []), *callbacks]:
             trainer.add_callback(callback)
         if is_main_process():
             print(f"finetune train: {effective_batch(trainer.args)}", flush=True)
@@ -237,7 +282,14 @@ def train(
         raise Interrupted(message, stop.received)
     if replaced is not None:
         shutil.rmtree(replaced.parent)
+    if guard is not None and guard.reason is not None:
+        raise Diverged(f"{out}: {guard.message(trainer.state, sft.learning_rate)}")
     return out
+
+
+def guarded(task_args: TaskArguments, sft: SFTConfig, data: TrainingData) -> bool:
+    """The guard judges evaluations: without any (or without rows to score) it has nothing to judge."""
+    return task_args.divergence_guard and sft.eval_strategy != "no" and bool(data.validation_docs)
 
 
 def save_adapter(trainer: SFTTrainer, out: Path, model_args: ModelConfig, data: TrainingData) -> None:
