@@ -48,8 +48,8 @@ def train_and_score(
 ) -> Run:
     folder, log = out / f"x{run.factor:g}-s{run.seed}", out / f"x{run.factor:g}-s{run.seed}.log"
     started = time.perf_counter()
-    code = finetune("train", preset, "--learning_rate", f"{run.learning_rate:g}", "--seed", str(run.seed),
-                    "--output_dir", str(folder), "--overwrite", "true", *flags, log=log)  # fmt: skip
+    code = finetune("train", preset, *flags, "--learning_rate", f"{run.learning_rate:g}", "--seed", str(run.seed),
+                    "--output_dir", str(folder), "--overwrite", "true", log=log)  # fmt: skip
     run.wall_s = round(time.perf_counter() - started, 1)
     run.stopped_by_guard = code == GUARD_EXIT
     if code not in (0, GUARD_EXIT):
