@@ -5,7 +5,12 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup demo test
+# The task is checked under the next lm-eval release too: a second environment holding only that lm-eval, which
+# reaches everything else through the first one's site-packages (a .pth), so it builds in seconds.
+LM_EVAL_NEXT ?= lm-eval==0.5.0.dev1
+NEXT_VENV := $(VENV)/lm-eval-next
+
+.PHONY: setup demo test compat-env ci
 
 setup: $(VENV)/.installed
 
@@ -23,3 +28,16 @@ demo: setup
 
 test: setup
 	$(OFFLINE) $(VENV)/bin/pytest -q tests
+
+compat-env: $(NEXT_VENV)/.installed
+
+$(NEXT_VENV)/.installed: $(VENV)/.installed
+	$(VENV)/bin/python -m venv --without-pip $(NEXT_VENV)
+	$(VENV)/bin/pip --python $(NEXT_VENV)/bin/python install -q --no-deps $(LM_EVAL_NEXT)
+	echo "import site; site.addsitedir('$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')')" \
+		> "$$($(NEXT_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_first_venv.pth"
+	touch $@
+
+# CI: the whole suite, with tests/test_lm_eval_compat.py scoring the task under both lm-eval releases.
+ci: setup compat-env
+	LM_EVAL_NEXT_PYTHON=$(abspath $(NEXT_VENV))/bin/python $(MAKE) test

@@ -1,5 +1,10 @@
 """Fine-tune causal LMs with LoRA / QLoRA on the text the tweet_sentiment benchmark scores."""
 
+from lm_eval_tasks.finetune_entry import name_clash
+
+if (_clash := name_clash()) is not None:  # PyPI's unrelated `finetune` shares this import name
+    raise ImportError(_clash)
+
 
 class FinetuneError(Exception):
     """A problem the user can fix (a file, a name, a flag), told in one line: `finetune` prints it and exits 2

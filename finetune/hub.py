@@ -103,18 +103,38 @@ def report_results(report: Path, adapter: Path) -> dict:
     return {"base": metrics["results"][BASE_NAME], "adapter": metrics["results"][names[0]], "rows": metrics["rows"]}
 
 
+PINNED_ROWS, FULL_ROWS = 300, 3534  # the pinned sample shipped with the task; the source's whole test split
+
+
+def scored_split(variant: str, rows: int) -> tuple[str, str, dict]:
+    """What a variant scored, as the model-index says it: the task (group) name, the split and the dataset args.
+    A `_full` variant scores the source's test split, or with `--limit N` its first N rows (`test[:N]`, the `datasets`
+    slice of what lm-eval takes); a pinned variant a 300-row stratified sample of it, which is no split of the source,
+    so its split reads `test[pinned-300]` (`[:N]` after it under `--limit`) and no leaderboard that compares
+    `split: test` takes it for the whole split."""
+    full = variant.endswith("_full")
+    whole = FULL_ROWS if full else PINNED_ROWS
+    split = "test" if full else f"test[pinned-{PINNED_ROWS}]"
+    sample = "the whole test split" if full else f"the pinned {PINNED_ROWS}-row stratified sample of test"
+    if rows != whole:
+        split, sample = f"{split}[:{rows}]", f"the first {rows} rows of {sample}"
+    return ("tweet_sentiment_full" if full else "tweet_sentiment"), split, {"rows": rows, "sample": sample}
+
+
 def eval_results(results: dict) -> list[EvalResult]:
-    """The adapter's accuracy and macro-F1 per variant as the Hub's model-index: one entry for the data set at
-    its pinned revision (the rows scored in `dataset_args`), the variant named in each metric's config."""
+    """The adapter's accuracy and macro-F1 per variant as the Hub's model-index: one entry per set of rows scored (the
+    pinned sample, the whole test split), each naming its rows in its split and `dataset_args`, and the variant in
+    each metric's config. huggingface_hub merges results that share task type, dataset, config, split and revision
+    into one entry, whose `args` are the first result's: the split is what keeps the two apart."""
     return [
         EvalResult(
             task_type="text-classification",
-            task_name="tweet_sentiment",
+            task_name=task_name,
             dataset_type=HUB_DATASET,
             dataset_name=HUB_DATASET.split("/")[1],
-            dataset_split="test",
+            dataset_split=split,
             dataset_revision=HUB_REVISION,
-            dataset_args={"rows": results["rows"][variant], "sample": "all" if variant.endswith("_full") else "pinned"},
+            dataset_args=args,
             metric_type=metric_type,
             metric_name=f"{metric_name} ({variant})",
             metric_config=variant,
@@ -122,6 +142,7 @@ def eval_results(results: dict) -> list[EvalResult]:
             **({"metric_args": {"average": "macro"}} if key == "macro_f1" else {}),
         )
         for variant, metrics in sorted(results["adapter"].items())
+        for task_name, split, args in [scored_split(variant, results["rows"][variant])]
         for key, metric_type, metric_name in (("acc", "accuracy", "accuracy"), ("macro_f1", "f1", "macro-F1"))
     ]
 

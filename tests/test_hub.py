@@ -14,8 +14,10 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+import yaml
 from hub_server import HubServer
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
@@ -34,6 +36,7 @@ from finetune.hub import (
 )
 from finetune.model import base_config, merge
 from finetune.report import read_training_log, write_report
+from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR, FULL_DATA_ENV
 
 TOKEN, USER = "test-token", "tester"
 # what an adapter repo holds: weights and config, how the base was loaded, the tokenizer, the loss curve
@@ -60,14 +63,34 @@ def api(hub: HubServer) -> HfApi:
     return HfApi(endpoint=hub.url, token=TOKEN)
 
 
+FULL_GROUP = "tweet_sentiment_full"
+
+
 @pytest.fixture(scope="module")
-def report(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real `finetune evaluate` report of the local adapter: what `push --report_dir` publishes."""
+def full_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in for the source's test split (mteb layout), for the `_full` variants: other rows than the pinned."""
+    folder = tmp_path_factory.mktemp("source")
+    (folder / "test.jsonl").write_text("".join(reversed((DATA_DIR / "test.jsonl").read_text().splitlines(True))))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(
+    tiny_model_dir: Path, tiny_adapter_dir: Path, full_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A real `finetune evaluate` report of the local adapter on the pinned and the full variants: what
+    `push --report_dir` publishes."""
     out = tmp_path_factory.mktemp("report")
-    write_report(
-        evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], load_tasks([TASK_GROUP]), limit=4), out
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FULL_DATA_ENV, str(full_data))
+        tasks = load_tasks([TASK_GROUP, FULL_GROUP])
+    write_report(evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], tasks, limit=4), out)
     return out
+
+
+def model_index(card: ModelCard | str) -> list[dict]:
+    """The card's model-index as the Hub reads it: its YAML header, not huggingface_hub's objects."""
+    return yaml.safe_load(str(card).split("---\n")[1])["model-index"]
 
 
 def logits(folder: Path, adapter: Path | None = None) -> torch.Tensor:
@@ -89,7 +112,12 @@ def test_a_push_is_one_commit_of_what_users_need(
     assert set(commit.files) == {".gitattributes", "README.md", *ADAPTER_FILES}
     folder = Path(api.snapshot_download(f"{USER}/tiny-adapter", local_dir=tmp_path))
     torch.testing.assert_close(logits(tiny_model_dir, folder), logits(tiny_model_dir, tiny_adapter_dir), rtol=0, atol=0)
-    assert ModelCard.load(folder / "README.md").data.eval_results
+    published = ModelCard.load(folder / "README.md")
+    splits = {r["dataset"]["split"]: {m["config"] for m in r["metrics"]} for r in model_index(published)[0]["results"]}
+    assert splits == {
+        "test[pinned-300][:4]": {"tweet_sentiment_gen", "tweet_sentiment_mc"},
+        "test[:4]": {"tweet_sentiment_gen_full", "tweet_sentiment_mc_full"},
+    }, "pinned and full scores are two entries, each with its own rows"
 
 
 def test_a_branch_and_a_private_repo(api: HfApi, hub: HubServer, tiny_adapter_dir: Path) -> None:
@@ -142,17 +170,61 @@ def test_the_card_carries_the_reported_numbers_and_how_to_reproduce_them(
     published = {(r.metric_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert published == {
         (variant, kind): results["adapter"][variant][key]
-        for variant in ("tweet_sentiment_gen", "tweet_sentiment_mc")
+        for variant in sorted(results["rows"])
         for key, kind in (("acc", "accuracy"), ("macro_f1", "f1"))
     }
+    assert sorted(results["rows"]) == ["tweet_sentiment_gen", "tweet_sentiment_gen_full", "tweet_sentiment_mc",
+                                       "tweet_sentiment_mc_full"]  # fmt: skip
     assert {(r.dataset_split, r.dataset_revision, r.dataset_args["rows"]) for r in card.data.eval_results} == {
-        ("test", "d604517c81ca91fe16a244d1248fc021f9ecee7a", 4)
+        ("test[pinned-300][:4]", "d604517c81ca91fe16a244d1248fc021f9ecee7a", 4),
+        ("test[:4]", "d604517c81ca91fe16a244d1248fc021f9ecee7a", 4),
     }
     before, after = results["base"]["tweet_sentiment_gen"]["acc"], results["adapter"]["tweet_sentiment_gen"]["acc"]
     assert f"| tweet_sentiment_gen | {before:.3f} → {after:.3f} |" in card.text
     assert f"--model_args pretrained={tiny_model_dir},peft=me/tiny\n" in card.text
     assert f"finetune evaluate --model_name_or_path {tiny_model_dir} --adapter me/tiny\n" in card.text
     assert "| LoRA rank r | 8 |" in card.text
+
+
+def test_pinned_and_full_scores_are_distinct_model_index_entries_that_round_trip_through_huggingface_hub(
+    tiny_adapter_dir: Path, report: Path, tmp_path: Path
+) -> None:
+    """A report of all 300 pinned rows and all 3,534 test rows (written here: scoring them takes too long): the Hub
+    parser must read back two entries, the pinned sample's not claiming the whole test split, each metric with its
+    own value, rows and sample."""
+    metrics = json.loads((report / "metrics.json").read_text())
+    rows = {"tweet_sentiment_gen": 300, "tweet_sentiment_mc": 300, "tweet_sentiment_gen_full": 3534,
+            "tweet_sentiment_mc_full": 3534}  # fmt: skip
+    names = metrics["results"]["base"]["tweet_sentiment_gen"]
+    values = {variant: {m: i / 10 + j / 100 for j, m in enumerate(names)} for i, variant in enumerate(rows)}
+    metrics.update(rows=rows, results={name: values for name in metrics["results"]})
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    config, model_args = read_adapter(tiny_adapter_dir)
+    results = report_results(tmp_path, tiny_adapter_dir)
+    card = model_card("me/tiny", config, model_args, [], results, False, None)
+
+    name, parsed = model_index_to_eval_results(model_index(card))
+    assert name == "tiny"
+    assert {(r.metric_config, r.metric_type): r.metric_value for r in parsed} == {
+        (variant, kind): values[variant][key]
+        for variant in rows
+        for key, kind in (("acc", "accuracy"), ("macro_f1", "f1"))
+    }
+    entries = {
+        (r.task_name, r.dataset_type, r.dataset_split, r.dataset_args["rows"], r.dataset_args["sample"]) for r in parsed
+    }
+    assert entries == {
+        ("tweet_sentiment", "mteb/tweet_sentiment_extraction", "test[pinned-300]", 300,
+         "the pinned 300-row stratified sample of test"),
+        ("tweet_sentiment_full", "mteb/tweet_sentiment_extraction", "test", 3534, "the whole test split"),
+    }  # fmt: skip
+    for result in parsed:
+        full = result.metric_config.endswith("_full")
+        assert result.dataset_split == ("test" if full else "test[pinned-300]"), result.metric_config
+    assert len(model_index(card)[0]["results"]) == 2
+    assert {(r.metric_config, r.metric_type, r.metric_value) for r in ModelCard(str(card)).data.eval_results} == {
+        (r.metric_config, r.metric_type, r.metric_value) for r in parsed
+    }, "the card object huggingface_hub loads holds the same results"
 
 
 def test_a_card_for_the_embedded_base_links_its_upstream_model() -> None:
@@ -238,11 +310,18 @@ def test_an_unreachable_hub(hub: HubServer, tiny_adapter_dir: Path) -> None:
 
 
 def test_evaluate_from_the_hub_reproduces_the_published_numbers(
-    api: HfApi, hub: HubServer, tiny_model_dir: Path, tiny_adapter_dir: Path, report: Path, tmp_path: Path
+    api: HfApi,
+    hub: HubServer,
+    tiny_model_dir: Path,
+    tiny_adapter_dir: Path,
+    report: Path,
+    full_data: Path,
+    tmp_path: Path,
 ) -> None:
     push(api, tiny_adapter_dir, f"{USER}/round-trip", report=report)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN)
+    env[FULL_DATA_ENV] = str(full_data)
     out = tmp_path / "from-hub"
     run = subprocess.run(
         [
@@ -254,6 +333,9 @@ def test_evaluate_from_the_hub_reproduces_the_published_numbers(
             str(tiny_model_dir),
             "--adapter",
             f"{USER}/round-trip",
+            "--tasks",
+            TASK_GROUP,
+            FULL_GROUP,
             "--limit",
             "4",
             "--output_dir",

@@ -129,3 +129,9 @@ def f1_neutral(items: list[tuple[int, int]]) -> float:
 
 def f1_positive(items: list[tuple[int, int]]) -> float:
     return _f1(items, labels=[LABELS.index("positive")])
+
+
+def acc(references: list[str], predictions: list[str], **_: Any) -> float:
+    """Accuracy of one generated answer, under the name `acc`: how lm-eval 0.5 is told that the generative
+    variant's `acc` (computed by `process_results_gen`) is its own metric, not the registered log-likelihood one."""
+    return float(extract_label(predictions[0]) == LABELS.index(references[0]))
