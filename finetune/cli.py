@@ -67,6 +67,15 @@ def _distill(args: argparse.Namespace, rest: list[str]) -> None:
         print(distill(distill_args, task_args, sft, model_args))
 
 
+def _sweep(args: argparse.Namespace, rest: list[str]) -> None:
+    from finetune.config import parse_train_args
+    from finetune.sweep import sweep
+
+    _, sft, _ = parse_train_args(rest)
+    with one_run(Path(sft.output_dir)):
+        print(sweep(rest, args.n_trials, args.search_space, args.dev_size, args.n_startup_trials))
+
+
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.benchmark import load_tasks
     from finetune.evaluate import evaluate
@@ -210,6 +219,19 @@ def build_parser() -> TrlParser:
 
     p = make_parser(sub, "distill")
     p.set_defaults(run=_distill, parser=p)
+
+    p = sub.add_parser(
+        "sweep",
+        help="search a config's hyperparameters with Optuna, scored by validation macro-F1 on rows drawn from training",
+        usage="finetune sweep PRESET|CONFIG [--n_trials N] [--search_space FILE] [--dev_size N] [--key value ...]",
+        epilog="Any other --key value pairs override the config, as for `finetune train`; its output_dir holds the "
+        "study. The same command continues an interrupted sweep; one process, on the devices it sees.",
+    )
+    option(p, "n_trials", type=positive_int, default=20, help="trials to finish, counting those of an interrupted run")
+    option(p, "search_space", default="default", help="YAML file of the ranges to search, or a shipped one by name")
+    option(p, "dev_size", type=positive_int, help="training rows that score the trials; unset: a tenth, at most 400")
+    option(p, "n_startup_trials", type=positive_int, default=5, help="trials that complete before the pruner stops any")
+    p.set_defaults(run=_sweep, takes_rest=True)
 
     p = sub.add_parser("evaluate", help="score a base and adapters on tweet_sentiment through lm-eval")
     _model_flags(p)

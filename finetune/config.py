@@ -76,7 +76,8 @@ class TaskArguments:
         default=True,
         metadata={
             "help": "score the base on the validation rows first (logged as step 0) and stop, keeping the best "
-            "checkpoint, when 2 evaluations in a row score below it or answer one label for 90%% of the rows"
+            "checkpoint, when 2 evaluations in a row score below it (or answer one label for 90%% of the rows) and "
+            "no better than the evaluation before"
         },
     )
     lora_top_layers: float | None = field(

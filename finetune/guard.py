@@ -1,7 +1,7 @@
 """The divergence guard of `finetune train`: a run whose validation answers score below the base's, or collapse
-onto one label, at two evaluations in a row is stopped with its best checkpoint kept and a line that says what to
-try. A recipe at the edge of stability on the base it was tuned on falls over on the next base: the user hears so
-at the run's second evaluation, not from the report after it."""
+onto one label, and get no better, at two evaluations in a row is stopped with its best checkpoint kept and a line
+that says what to try. A recipe at the edge of stability on the base it was tuned on falls over on the next base:
+the user hears so at the run's second evaluation, not from the report after it."""
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTTrainer
@@ -26,16 +26,17 @@ class DivergenceGuard(TrainerCallback):
     def __init__(self, trainer: SFTTrainer) -> None:
         self.trainer = trainer  # the BenchmarkSFTTrainer: its validation_scores(), last_scores and log()
         self.base: float | None = None
+        self.previous: float | None = None  # the last evaluation's macro-F1 (the base's, before the first)
         self.bad = 0
         self.reason: str | None = None
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw) -> None:
         logged = [row["eval_macro_f1"] for row in state.log_history if row.get("step") == 0 and "eval_macro_f1" in row]
         if logged:
-            self.base = logged[0]
+            self.base = self.previous = logged[0]
             return
         scores = self.trainer.validation_scores()  # LoRA's B starts at zero: this is the base
-        self.base = scores["macro_f1"]
+        self.base = self.previous = scores["macro_f1"]
         self.trainer.log({"eval_macro_f1": scores["macro_f1"], "eval_top_label_share": scores["top_label_share"]})
         self.trainer.model.train()
 
@@ -44,15 +45,17 @@ class DivergenceGuard(TrainerCallback):
     ) -> None:
         if self.base is None or "eval_macro_f1" not in metrics or state.global_step == 0:
             return
+        score, improving = metrics["eval_macro_f1"], metrics["eval_macro_f1"] > self.previous
+        self.previous = score
         why = []
-        if metrics["eval_macro_f1"] < self.base:
-            why.append(f"validation macro-F1 {metrics['eval_macro_f1']:.3f} is below the base's {self.base:.3f}")
+        if score < self.base:
+            why.append(f"validation macro-F1 {score:.3f} is below the base's {self.base:.3f}")
         if metrics.get("eval_top_label_share", 0) >= COLLAPSE_SHARE:
             label = self.trainer.last_scores["top_label"]
             why.append(f"the answers collapsed onto `{label}` ({metrics['eval_top_label_share']:.0%} of them)")
-        self.bad = self.bad + 1 if why else 0
+        self.bad = self.bad + 1 if why and not improving else 0  # a slow start that climbs is left to climb
         if self.bad >= PATIENCE:
-            self.reason = f"{' and '.join(why)}, {PATIENCE} evaluations in a row"
+            self.reason = f"{' and '.join(why)}, and no better, {PATIENCE} evaluations in a row"
             self.trainer.log({STOPPED: self.reason})
             control.should_training_stop = True
 

@@ -1,7 +1,7 @@
-"""A run going wrong is stopped: the base is scored first (step 0), and a run whose validation answers score below it
-or collapse onto one label at two evaluations in a row stops with its best checkpoint and one line saying what to
-try. Recipes name "the top blocks" by a share of the base's depth, and a LoRA target that matches nothing is one
-line."""
+"""A run going wrong is stopped: the base is scored first (step 0), and a run whose validation answers score below
+it or collapse onto one label, getting no better, at two evaluations in a row stops with its best checkpoint and one
+line saying what to try. Recipes name "the top blocks" by a share of the base's depth, and a LoRA target that
+matches nothing is one line."""
 
 import json
 from pathlib import Path
@@ -35,7 +35,7 @@ def test_the_guard_stops_a_diverging_run_keeping_its_best_checkpoint(
     assert sorted(evals) == [3, 6], "stopped after its second bad evaluation, not at step 9"
     best = max(sorted(evals), key=lambda step: evals[step])
     assert line.startswith(f"finetune train: error: {out}: stopped at step 6 of 9: ")
-    assert "2 evaluations in a row" in line and ("below the base's" in line or "collapsed onto" in line)
+    assert "and no better, 2 evaluations in a row" in line and ("below the base's" in line or "collapsed onto" in line)
     assert line.endswith(
         f"kept the best checkpoint (checkpoint-{best}, validation macro-F1 {evals[best]:.3f}) as the adapter; "
         "try a lower --learning_rate (this run's: 50) or `finetune sweep` (--divergence_guard false trains on "
@@ -92,3 +92,41 @@ def test_lora_targets_that_match_nothing_are_one_line(
     assert exit.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and message in err.strip().splitlines()[-1]
+
+
+class Logged:
+    """What the guard uses of the trainer: the last scores' label and the log."""
+
+    def __init__(self) -> None:
+        self.last_scores, self.logs = {"top_label": "neutral"}, []
+
+    def log(self, logs: dict) -> None:
+        self.logs.append(logs)
+
+
+@pytest.mark.parametrize(
+    ("scores", "stops_at"),
+    [
+        ([(0.25, 0.5), (0.19, 0.6), (0.19, 0.6)], 2),  # below the base and no better: the run of issue 21
+        ([(0.30, 0.5), (0.35, 0.5), (0.40, 0.5), (0.60, 0.4)], None),  # below the base, but climbing
+        ([(0.50, 0.95), (0.50, 0.95), (0.50, 0.95)], 3),  # above the base, but on one label and no better, twice
+        ([(0.30, 0.5), (0.50, 0.4), (0.30, 0.5), (0.60, 0.4)], None),  # one bad evaluation at a time
+    ],
+)
+def test_the_guard_judges_two_evaluations_in_a_row_against_the_base(
+    scores: list[tuple[float, float]], stops_at: int | None
+) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    from finetune.guard import DivergenceGuard
+
+    guard, state, control = DivergenceGuard(Logged()), TrainerState(), TrainerControl()
+    state.log_history = [{"eval_macro_f1": 0.45, "step": 0}]  # the base, as a resumed run finds it
+    guard.on_train_begin(None, state, control)
+    for evaluation, (f1, share) in enumerate(scores, start=1):
+        state.global_step = evaluation * 10
+        guard.on_evaluate(None, state, control, {"eval_macro_f1": f1, "eval_top_label_share": share})
+        if control.should_training_stop:
+            break
+    assert (evaluation if control.should_training_stop else None) == stops_at
+    assert (guard.reason is not None) == (stops_at is not None)
