@@ -55,6 +55,7 @@ def test_a_sweep_writes_every_trial_and_a_best_config_that_trains_as_it_is(
 
     trials = study(out).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert all(t.value == max(t.intermediate_values.values()) for t in trials), "the score of the kept checkpoint"
     best = max(trials, key=lambda t: t.value)
     assert f"best: trial {best.number}, validation macro-F1 {best.value:.4f}" in capsys.readouterr().out
     dev, rows = (out / DEV).read_text().splitlines(), (out / TRAIN).read_text().splitlines()
