@@ -21,7 +21,7 @@ import benchlib
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from finetune.model import cache_dir
+from finetune.outputs import cache_dir
 
 LLAMA_31_8B = dict(
     hidden_size=4096,

@@ -20,7 +20,8 @@ from trl.trainer.utils import create_model_from_path
 
 from finetune import FinetuneError, first_line
 from finetune.launch import process_state, under_fsdp
-from finetune.outputs import CACHE_ENV, cache_dir, written  # noqa: F401 (CACHE_ENV: where tests set it)
+from finetune.outputs import cache_dir, written
+from lm_eval_tasks.finetune_entry import install_hint
 
 EMBEDDED = "embedded"
 # The embedded model is the Q4_1 GGUF of this model, dequantized; adapters and cards name the Hub id.
@@ -153,7 +154,7 @@ def check_base(model_args: ModelConfig) -> str:
     if not name:
         raise FinetuneError("no base model: set model_name_or_path in the config or pass --model_name_or_path")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
-        raise FinetuneError("a 4-bit or 8-bit base needs bitsandbytes (and a GPU): pip install -e '.[gpu]'")
+        raise FinetuneError(f"a 4-bit or 8-bit base needs bitsandbytes (and a GPU): {install_hint('gpu')}")
     source = resolve_model(name)
     path = Path(source).expanduser()
     if path.is_file():

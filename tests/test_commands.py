@@ -221,7 +221,8 @@ def test_a_4_bit_base_without_bitsandbytes_says_what_to_install(tiny_model_dir: 
         str(tmp_path / "report"),
     ]
     assert error_of(evaluate, capsys) == (
-        "finetune evaluate: error: a 4-bit or 8-bit base needs bitsandbytes (and a GPU): pip install -e '.[gpu]'"
+        "finetune evaluate: error: a 4-bit or 8-bit base needs bitsandbytes (and a GPU): "
+        f"pip install -e '{Path(__file__).resolve().parents[1]}[gpu]'"
     )
 
 

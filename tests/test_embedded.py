@@ -16,7 +16,8 @@ from finetune.benchmark import TASK_GROUP, load_tasks
 from finetune.config import parse_train_args
 from finetune.demo import DEMO_PRESET
 from finetune.evaluate import evaluate
-from finetune.model import CACHE_ENV, EMBEDDED_UPSTREAM, base_config, resolve_model
+from finetune.model import EMBEDDED_UPSTREAM, base_config, resolve_model
+from finetune.outputs import CACHE_ENV
 
 # The first 6 pinned test rows as (gold, answer), measured once with this model on a CPU (fp32).
 KNOWN_ANSWERS = {
