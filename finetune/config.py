@@ -151,15 +151,21 @@ LAUNCH_EPILOG = (
 
 def config_file(name: str) -> Path:
     """A shipped preset by name (`embedded-cpu-quick`) or a path to a YAML file."""
+    return yaml_file(name, CONFIGS_DIR, "preset")
+
+
+def yaml_file(name: str, folder: Path, kind: str) -> Path:
+    """A path to a YAML file, or one shipped in `folder` by name; else one line naming the closest shipped one."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.exists():
         return path
-    preset = CONFIGS_DIR / f"{name}.yaml"
-    if preset.exists():
-        return preset
-    close = closest(name, presets())
+    shipped = folder / f"{name}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
+    close = closest(name, known)
     guess = f"did you mean {close}? " if close else ""
-    raise FinetuneError(f"no config file {name!r} and no preset of that name ({guess}presets: {', '.join(presets())})")
+    raise FinetuneError(f"no config file {name!r} and no {kind} of that name ({guess}{kind}s: {', '.join(known)})")
 
 
 def presets() -> list[str]:

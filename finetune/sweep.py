@@ -44,6 +44,7 @@ from finetune.config import (  # noqa: E402
     make_parser,
     parse_train_args,
     unknown_flags,
+    yaml_file,
 )
 from finetune.dataset import user_tables  # noqa: E402
 from finetune.guard import Diverged  # noqa: E402
@@ -79,18 +80,6 @@ RANGE_KEYS = {"low", "high", "log", "step"}
 SPEC_FORM = "expected {choices: [A, B, ...]} or {low: A, high: B} with optional log: true or step: S"
 # What a trial's interruption message tells the user to run.
 RERUN = "the same `finetune sweep` command (without --overwrite): the sweep continues this trial from its checkpoint"
-
-
-def search_space_file(name: str) -> Path:
-    """A shipped search space by name (`default`) or a path to a YAML file."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    shipped = SPACES_DIR / f"{name}.yaml"
-    if shipped.exists():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in SPACES_DIR.glob("*.yaml")))
-    raise FinetuneError(f"--search_space: no file {name!r} and no shipped search space of that name ({names})")
 
 
 def load_search_space(path: Path, parser: TrlParser) -> dict[str, BaseDistribution]:
@@ -450,7 +439,7 @@ def sweep(
     task_args, sft, _ = parsed
     if sft.eval_strategy == "no":
         raise FinetuneError("finetune sweep scores each trial at its evaluations: set eval_strategy to steps or epoch")
-    space_file = search_space_file(search_space)
+    space_file = yaml_file(search_space, SPACES_DIR, "search space")
     space = load_search_space(space_file, parser)
     fixed = sorted(set(flag_keys(argv[1:], parser)) & space.keys())
     if fixed:
