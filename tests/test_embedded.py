@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
-from trl import get_peft_config
 
 from finetune.benchmark import TASK_GROUP, load_tasks
 from finetune.config import parse_train_args
@@ -18,6 +17,7 @@ from finetune.demo import DEMO_PRESET
 from finetune.evaluate import evaluate
 from finetune.model import EMBEDDED_UPSTREAM, base_config, resolve_model
 from finetune.outputs import CACHE_ENV
+from finetune.train import lora_config
 
 # The first 6 pinned test rows as (gold, answer), measured once with this model on a CPU (fp32).
 KNOWN_ANSWERS = {
@@ -61,8 +61,9 @@ def test_an_adapter_trained_on_embedded_names_the_upstream_hub_id(embedded: str,
 
 
 def test_the_demo_preset_adapts_every_linear_layer_of_the_top_ten_blocks_only(embedded: str, tmp_path: Path) -> None:
-    _, _, model_args = parse_train_args([DEMO_PRESET, "--output_dir", str(tmp_path)])
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(embedded), get_peft_config(model_args))
+    task_args, _, model_args = parse_train_args([DEMO_PRESET, "--output_dir", str(tmp_path)])
+    base = AutoModelForCausalLM.from_pretrained(embedded)
+    model = get_peft_model(base, lora_config(model_args, task_args.lora_top_layers, base))
     adapted = [name for name, _ in model.named_modules() if name.endswith(".lora_A.default")]
     blocks = {int(name.split(".layers.")[1].split(".")[0]) for name in adapted}
     assert blocks == set(range(20, 30)) and len(adapted) == 10 * 7  # q k v o gate up down
