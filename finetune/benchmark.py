@@ -3,7 +3,8 @@ text derived from them; the choice scoring that validation, predict and soup sha
 Every other module reaches the task through what this one returns, never by looking its name up again."""
 
 import math
-from dataclasses import dataclass, field
+import shlex
+from dataclasses import dataclass, field, fields
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -145,14 +146,54 @@ def scored_lengths(tokenizer: PreTrainedTokenizerBase, choices: Task, rows: list
     return [len(tokenizer.encode(choices.doc_to_text(row))) + longest for row in rows]
 
 
+@dataclass(frozen=True)
+class LmEvalArgs:
+    """How lm-eval asks each row, by lm-eval's own names and meaning: `lm_eval --num_fewshot N --apply_chat_template
+    [NAME] --fewshot_as_multiturn --system_instruction TEXT --gen_kwargs K=V,...`, passed to `simple_evaluate` as
+    they are. Unset, each is lm-eval's default (zero-shot, no chat template, the task's generation settings);
+    `fewshot_as_multiturn` unset follows the chat template, as lm-eval's CLI resolves it."""
+
+    num_fewshot: int | None = None
+    apply_chat_template: bool | str = False
+    fewshot_as_multiturn: bool | None = None
+    system_instruction: str | None = None
+    gen_kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise FinetuneError(f"--num_fewshot {self.num_fewshot}: not a number of examples")
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            raise FinetuneError("--fewshot_as_multiturn needs --apply_chat_template (as in lm-eval)")
+        if self.fewshot_as_multiturn is None and self.apply_chat_template:
+            object.__setattr__(self, "fewshot_as_multiturn", True)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that differ from lm-eval's defaults: `simple_evaluate`'s keyword arguments, and the record
+        in metrics.json. Empty, the call is the one `finetune evaluate` makes without these flags."""
+        return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) not in (f.default, {})}
+
+    def flags(self) -> str:
+        """The settings as flags that `lm_eval` and `finetune evaluate` both read, meaning the same."""
+        words = []
+        for name, value in self.given().items():
+            words.append(f"--{name}")
+            if name == "gen_kwargs":  # lm-eval's `key=value,...`, each value as Python writes it (its literal_eval)
+                words.append(",".join(f"{key}={item!r}" for key, item in value.items()))
+            elif value is not True:
+                words.append("false" if value is False else str(value))
+        return shlex.join(words)
+
+
 @dataclass
 class Evaluation:
-    """Scores per model and variant, and every scored row's (gold, answer) pair in the task's order."""
+    """Scores per model and variant, and every scored row's (gold, answer) pair in the task's order; the lm-eval
+    settings the rows were asked with."""
 
     base: str
     adapters: dict[str, str]
     results: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     pairs: dict[str, dict[str, list[tuple[int, int]]]] = field(default_factory=dict)
+    lm_eval_args: LmEvalArgs = field(default_factory=LmEvalArgs)
 
 
 def variant_scores(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -5,6 +5,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from lm_eval._cli.utils import MergeDictAction
+from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, TrlParser
 
 from finetune import FinetuneError, os_error
@@ -77,13 +79,25 @@ def _sweep(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
-    from finetune.benchmark import load_tasks
-    from finetune.evaluate import evaluate
+    from finetune.benchmark import LmEvalArgs, load_tasks
+    from finetune.evaluate import LmEvalFiles, evaluate
     from finetune.outputs import check_output
     from finetune.report import write_report
 
+    if args.log_samples and args.output_path is None:
+        raise FinetuneError("--log_samples needs --output_path (as in lm-eval)")
+    lm_eval_args = LmEvalArgs(
+        num_fewshot=args.num_fewshot,
+        apply_chat_template=args.apply_chat_template,
+        fewshot_as_multiturn=args.fewshot_as_multiturn,
+        system_instruction=args.system_instruction,
+        gen_kwargs=args.gen_kwargs,
+    )
+    files = LmEvalFiles(args.output_path, args.log_samples) if args.output_path is not None else None
     with one_run(args.output_dir):
         check_output(args.output_dir, args.overwrite)
+        if files is not None and is_main_process():
+            files.output_path.mkdir(parents=True, exist_ok=True)  # lm-eval only logs a folder it cannot write
         evaluation = evaluate(
             _base(args),
             args.adapter,
@@ -91,10 +105,15 @@ def _evaluate(args: argparse.Namespace, rest: list[str]) -> None:
             limit=args.limit,
             batch_size=args.batch_size,
             allow_other_base=args.allow_other_base,
+            lm_eval_args=lm_eval_args,
+            files=files,
         )
         if evaluation is not None:  # the first process holds every row
             print(write_report(evaluation, args.output_dir, args.overwrite))
             print(f"report in {args.output_dir}")
+            if files is not None:
+                folders = ", ".join(str(files.folder(name)) for name in evaluation.results)
+                print(f"lm-eval's results{' and samples' if files.log_samples else ''} in {folders}")
 
 
 def _merge(args: argparse.Namespace, rest: list[str]) -> None:
@@ -206,6 +225,37 @@ def _output_flags(p: argparse.ArgumentParser, allow_other_base: bool = True) -> 
     switch(p, "overwrite", help="replace what is already at the output path")
 
 
+def chat_template(value: str) -> bool | str:
+    """lm-eval's `--apply_chat_template [NAME]`; `true` / `false` as every boolean of this CLI (not template names)."""
+    return string_to_bool(value) if value.lower() in ("true", "false") else value
+
+
+def _lm_eval_flags(p: argparse.ArgumentParser) -> None:
+    """lm_eval's own flags for how rows are asked and where its files go, with its names and meaning."""
+    group = p.add_argument_group("lm-eval's flags (as `lm_eval` takes them)")
+    option(group, "num_fewshot", type=int, metavar="N", help="examples before each row, from the task's training rows")
+    chat = "ask through the tokenizer's chat template (NAME: one of several it holds)"
+    option(
+        group,
+        "apply_chat_template",
+        type=chat_template,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="NAME",
+        help=chat,
+    )
+    turns = "the examples as turns of the chat (default: on with --apply_chat_template)"
+    option(
+        group, "fewshot_as_multiturn", type=string_to_bool, nargs="?", const=True, metavar="{true,false}", help=turns
+    )
+    option(group, "system_instruction", metavar="TEXT", help="a system message (or text) before the prompt")
+    generation = "generation settings over the task's (generative variants): `temperature=0,max_gen_toks=8`"
+    option(group, "gen_kwargs", nargs="+", action=MergeDictAction, metavar="KEY=VALUE", help=generation)
+    switch(group, "log_samples", help="write lm-eval's per-row samples files too (needs --output_path)")
+    option(group, "output_path", type=Path, metavar="PATH", help="lm-eval's results (and samples) files, in PATH/MODEL")
+
+
 def build_parser() -> TrlParser:
     """Every command is a subparser; `train`'s is trl's parser of the training dataclasses (`finetune train -h`).
     Every flag is spelled as trl and lm_eval spell theirs (underscores; dashes accepted), one name a setting."""
@@ -240,6 +290,7 @@ def build_parser() -> TrlParser:
     option(p, "limit", type=positive_int, help="score only the first N rows of each variant")
     option(p, "batch_size", type=positive_int, default=16)
     option(p, "output_dir", type=Path, default=Path("runs/report"), help="report folder")
+    _lm_eval_flags(p)
     _output_flags(p)
     add_launch_args(p)
     p.set_defaults(run=_evaluate)

@@ -4,17 +4,20 @@ number of LoRA adapters (disk or Hub), with the base loaded once and the adapter
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from accelerate import Accelerator
 from lm_eval import simple_evaluate
 from lm_eval.api.task import Task
+from lm_eval.loggers import EvaluationTracker
 from lm_eval.models.huggingface import HFLM
+from lm_eval.utils import sanitize_model_name
 from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import ModelConfig
 
-from finetune.benchmark import BASE_NAME, Evaluation, task_manager, variant_scores
+from finetune.benchmark import BASE_NAME, Evaluation, LmEvalArgs, task_manager, variant_scores
 from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
 
@@ -57,10 +60,40 @@ def language_model(model: PreTrainedModel | PeftModel, tokenizer, batch_size: in
     return lm
 
 
-def run_benchmark(lm: HFLM, tasks: dict[str, Task], limit: int | None) -> tuple[dict, dict] | None:
+@dataclass(frozen=True)
+class LmEvalFiles:
+    """`--output_path P [--log_samples]`: lm-eval's own files for one model, written as its CLI writes them
+    (`EvaluationTracker`), in P/NAME (the model's name in the report): results_DATE.json, and with `log_samples`
+    samples_TASK_DATE.jsonl for every task."""
+
+    output_path: Path
+    log_samples: bool = False
+    name: str = BASE_NAME
+
+    def folder(self, name: str) -> Path:
+        return self.output_path / sanitize_model_name(name)
+
+    def save(self, tracker: EvaluationTracker, out: dict) -> None:
+        config = tracker.general_config_tracker  # lm-eval names an instance's folder at random: ours is the model's
+        config.model_name, config.model_name_sanitized = self.name, self.folder(self.name).name
+        samples = out.pop("samples")
+        tracker.save_results_aggregated(results=out, samples=samples if self.log_samples else None)
+        if self.log_samples:
+            for task_name in out["configs"]:
+                tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+
+
+def run_benchmark(
+    lm: HFLM,
+    tasks: dict[str, Task],
+    limit: int | None,
+    lm_eval_args: LmEvalArgs | None = None,
+    files: LmEvalFiles | None = None,
+) -> tuple[dict, dict] | None:
     """Scores per variant, and the (gold, answer) pair of every scored row in the task's order, through lm-eval's
-    evaluator on the tasks as loaded; None on the processes other than the first, to which lm-eval gathers every
-    row."""
+    evaluator on the tasks as loaded, asked as `lm_eval_args` say; None on the processes other than the first, to
+    which lm-eval gathers every row. With `files`, lm-eval's own results (and samples) files of this model too."""
+    tracker = EvaluationTracker(output_path=str(files.output_path)) if files else None
     out = simple_evaluate(  # without a manager of its own lm-eval indexes every task it ships, 14 s a call
         model=lm,
         tasks=list(tasks.values()),
@@ -68,6 +101,8 @@ def run_benchmark(lm: HFLM, tasks: dict[str, Task], limit: int | None) -> tuple[
         limit=limit,
         log_samples=True,
         bootstrap_iters=0,
+        **({"evaluation_tracker": tracker} if tracker else {}),
+        **(lm_eval_args or LmEvalArgs()).given(),
     )
     if out is None:
         return None
@@ -75,7 +110,10 @@ def run_benchmark(lm: HFLM, tasks: dict[str, Task], limit: int | None) -> tuple[
         variant: [tuple(s["macro_f1"]) for s in sorted(samples, key=lambda s: s["doc_id"])]  # gathered rank by rank
         for variant, samples in out["samples"].items()
     }
-    return variant_scores(out["results"]), pairs
+    scores = variant_scores(out["results"])
+    if tracker:
+        files.save(tracker, out)
+    return scores, pairs
 
 
 def evaluate(
@@ -85,17 +123,22 @@ def evaluate(
     limit: int | None = None,
     batch_size: int = 16,
     allow_other_base: bool = False,
+    lm_eval_args: LmEvalArgs | None = None,
+    files: LmEvalFiles | None = None,
 ) -> Evaluation | None:
     """Load the base once, attach every adapter, and score each in turn (the base with adapters disabled) on the
-    loaded tasks (`benchmark.load_tasks`). Adapters are named by folder or Hub id, or as a dict names them. With
-    several processes, the first returns the whole evaluation and the others None."""
+    loaded tasks (`benchmark.load_tasks`), asked as `lm_eval_args` say (lm-eval's defaults unset). Adapters are
+    named by folder or Hub id, or as a dict names them. With `files`, lm-eval's own files of each model go in a
+    folder of its name under `files.output_path`. With several processes, the first returns the whole evaluation
+    and the others None."""
+    lm_eval_args = lm_eval_args or LmEvalArgs()
     names = adapters if isinstance(adapters, dict) else adapter_names(adapters)
     model = load_model(model_args, names, allow_other_base)
     lm = language_model(model, load_tokenizer(model_args), batch_size)
-    evaluation = Evaluation(base=model_args.model_name_or_path, adapters=names)
+    evaluation = Evaluation(base=model_args.model_name_or_path, adapters=names, lm_eval_args=lm_eval_args)
     for name in [BASE_NAME, *names]:
         with active(model, name):
-            scored = run_benchmark(lm, tasks, limit)
+            scored = run_benchmark(lm, tasks, limit, lm_eval_args, files and replace(files, name=name))
         if scored is not None:
             evaluation.results[name], evaluation.pairs[name] = scored
     return evaluation if lm.rank == 0 else None

@@ -16,7 +16,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 from huggingface_hub.utils import filter_repo_objects
 
 from finetune import FinetuneError
-from finetune.benchmark import BASE_NAME
+from finetune.benchmark import BASE_NAME, LmEvalArgs
 from finetune.model import EMBEDDED, EMBEDDED_UPSTREAM, MODEL_ARGS
 from finetune.report import LOSS_PLOT, METRICS, cell, read_training_log
 from lm_eval_tasks.tweet_sentiment.utils import HUB_DATASET, HUB_REVISION
@@ -84,7 +84,8 @@ def publish_files(folder: Path, patterns: list[str]) -> list[str]:
 
 
 def report_results(report: Path, adapter: Path) -> dict:
-    """The base's and this adapter's metrics, and the rows scored, from a `finetune evaluate` report.
+    """The base's and this adapter's metrics, the rows scored and lm-eval's flags they were asked with (none in a
+    report without them), from a `finetune evaluate` report.
     The adapter is found by its folder, or (a report made elsewhere, whose folders are not here) by the folder's
     name."""
     path = report / METRICS
@@ -100,7 +101,12 @@ def report_results(report: Path, adapter: Path) -> dict:
             f"{path} has no results for adapter {adapter} (it holds: {held}); "
             f"run `finetune evaluate --adapter {adapter} --output_dir {report}`, or push without --report_dir"
         )
-    return {"base": metrics["results"][BASE_NAME], "adapter": metrics["results"][names[0]], "rows": metrics["rows"]}
+    return {
+        "base": metrics["results"][BASE_NAME],
+        "adapter": metrics["results"][names[0]],
+        "rows": metrics["rows"],
+        "lm_eval_args": metrics.get("lm_eval_args", {}),
+    }
 
 
 PINNED_ROWS, FULL_ROWS = 300, 3534  # the pinned sample shipped with the task; the source's whole test split
@@ -192,6 +198,13 @@ def model_card(
     evaluate_adapter = f"{repo}@{revision}" if revision else repo
     merged_revision = f" --model_revision {revision}" if revision else ""
     lm_eval_base = "$(finetune model-path embedded)" if base_name == EMBEDDED else base_name
+    evaluate_command = (
+        f"finetune evaluate --model_name_or_path {repo}{merged_revision}"
+        if merged
+        else f"finetune evaluate --model_name_or_path {base_name} --adapter {evaluate_adapter}{at_revision}{quantized}"
+    )
+    asked = LmEvalArgs(**(results or {}).get("lm_eval_args", {})).flags()  # both commands ask as the report did
+    flags = f" {asked}" if asked else ""
     data = ModelCardData(
         base_model=base_model,
         library_name="transformers" if merged else "peft",
@@ -219,10 +232,10 @@ def model_card(
         results=results and results_rows(results),
         rows=results and ", ".join(f"{variant}: {n} rows" for variant, n in sorted(results["rows"].items())),
         download=download,
+        asked=asked,
         lm_eval_args=f"pretrained={repo}{on_branch}" if merged else f"pretrained={lm_eval_base},peft={adapter}",
-        evaluate_command=f"finetune evaluate --model_name_or_path {repo}{merged_revision}"
-        if merged
-        else f"finetune evaluate --model_name_or_path {base_name} --adapter {evaluate_adapter}{at_revision}{quantized}",
+        lm_eval_flags=flags,
+        evaluate_command=f"{evaluate_command}{flags}",
     )
 
 

@@ -53,12 +53,16 @@ def fill_report(evaluation: Evaluation, out: Path) -> str:
         if STOPPED in row
     ]
     meta = {"base": evaluation.base, "adapters": evaluation.adapters, "rows": rows, "warnings": found}
+    if asked := evaluation.lm_eval_args.given():  # lm-eval's flags, where any was given
+        meta["lm_eval_args"] = asked
     (out / METRICS).write_text(json.dumps({**meta, "results": evaluation.results}, indent=1))
     (out / ANSWERS).write_text(json.dumps(evaluation.pairs))
     plot_comparison(evaluation.results, out / "comparison.png")
     sections = [table(evaluation.results)]
     if found:
         sections.insert(0, "**Warnings**\n\n" + "\n".join(f"- {line}" for line in found))
+    if asked:
+        sections.insert(0, f"Asked with lm-eval's `{evaluation.lm_eval_args.flags()}` (every model alike).")
     for model, per_variant in evaluation.pairs.items():
         for variant, pairs in per_variant.items():
             plot_confusion(pairs, out / f"confusion_{model.replace('/', '--')}_{variant}.png", f"{model} · {variant}")

@@ -42,6 +42,10 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture) -> str:
         (["train", "embeded-gpu"], "no preset of that name (did you mean embedded-gpu? presets: embedded-cpu-quick, "),
         (["train", "--output_dir", "runs/x"], "give a PRESET or CONFIG.yaml first (presets: embedded-cpu-quick, "),
         (["distill", "--teacher_adapter", "a"], "give a PRESET or CONFIG.yaml first (presets: "),
+        (["evaluate", "--log_samples"], "--log_samples needs --output_path (as in lm-eval)"),
+        (["evaluate", "--fewshot_as_multiturn"], "--fewshot_as_multiturn needs --apply_chat_template (as in lm-eval)"),
+        (["evaluate", "--num_fewshot", "-1"], "--num_fewshot -1: not a number of examples"),
+        (["evaluate", "--gen_kwargs", "temperature"], "argument --gen_kwargs: expected `key=value`, got 'temperature'"),
     ],
 )
 def test_a_bad_command_line_is_one_line(argv: list[str], message: str, capsys) -> None:

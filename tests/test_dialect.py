@@ -3,6 +3,7 @@
 and a boolean takes a value or none, as trl's parser reads it."""
 
 import argparse
+import shlex
 
 import pytest
 
@@ -62,3 +63,50 @@ def test_a_shared_setting_has_one_name_on_every_command(command: str) -> None:
 def test_both_spellings_and_trl_style_booleans_parse_alike(argv: list[str], dest: str, value: object) -> None:
     args, rest = PARSER.parse_known_args(argv)
     assert (getattr(args, dest), rest) == (value, [])
+
+
+LM_EVAL_FLAGS = [
+    [],
+    ["--num_fewshot", "3", "--apply_chat_template"],
+    ["--num_fewshot", "0", "--apply_chat_template", "chatml", "--fewshot_as_multiturn", "false"],
+    ["--apply_chat_template", "--fewshot_as_multiturn", "--system_instruction", "Answer with one word, please."],
+    ["--system_instruction", "Be brief."],
+    ["--gen_kwargs", "temperature=0.5,until=['\\n\\n', ',']", "do_sample=True"],
+    ["--gen_kwargs", '{"max_gen_toks": 4, "until": ["\\n"]}'],
+]
+
+
+@pytest.mark.parametrize("flags", LM_EVAL_FLAGS, ids=" ".join)
+def test_evaluate_reads_lm_evals_flags_as_lm_eval_does_and_writes_them_back_alike(flags: list[str]) -> None:
+    """lm-eval's own parser and settings (`EvaluatorConfig`, which resolves `fewshot_as_multiturn`) against
+    `finetune evaluate`'s; and the flags the report and the card write read back to the same settings."""
+    from lm_eval._cli.harness import HarnessCLI
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    from finetune.benchmark import LmEvalArgs
+
+    run = HarnessCLI()._subparsers.choices["run"]
+    names = ("num_fewshot", "apply_chat_template", "fewshot_as_multiturn", "system_instruction", "gen_kwargs")
+
+    def theirs(argv: list[str]) -> list:
+        config = EvaluatorConfig.from_cli(run.parse_args(["--model", "hf", "--tasks", "tweet_sentiment", *argv]))
+        return [getattr(config, name) for name in names]
+
+    def ours(argv: list[str]) -> LmEvalArgs:
+        args, rest = PARSER.parse_known_args(["evaluate", *argv])
+        assert rest == []
+        return LmEvalArgs(**{name: getattr(args, name) for name in names})
+
+    asked = ours(flags)
+    assert [*(getattr(asked, name) for name in names[:-1]), asked.gen_kwargs or {}] == theirs(flags)
+    written = shlex.split(asked.flags())
+    assert ours(written) == asked
+    assert theirs(written) == theirs(flags)
+
+
+def test_fewshot_as_multiturn_without_a_chat_template_is_refused_as_lm_eval_refuses_it() -> None:
+    from finetune import FinetuneError
+    from finetune.benchmark import LmEvalArgs
+
+    with pytest.raises(FinetuneError, match="--fewshot_as_multiturn needs --apply_chat_template"):
+        LmEvalArgs(fewshot_as_multiturn=True)
