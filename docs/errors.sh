@@ -10,7 +10,7 @@ mkdir -p "$WORK" && cd "$WORK" || exit 1
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PY="${PYTHON:-python}"
 finetune() { "$PY" -m finetune.cli "$@"; }
-NOISE='\[A\s*$|Warning|warnings.warn|it/s\]|s/it\]|examples/s\]|Custom kwargs|--metadata=|^\s*$|\{.(loss|eval_loss|eval_macro_f1|train_runtime).|already-initialized model'
+NOISE='\[A\s*$|Warning|model kwarg is not of type|warnings.warn|it/s\]|s/it\]|examples/s\]|Custom kwargs|--metadata=|^\s*$|\{.(loss|eval_loss|eval_macro_f1|train_runtime).|already-initialized model'
 show() {  # show TITLE COMMAND...: the command as typed, then its filtered output and exit status
   echo "### $1"; shift
   echo; echo '```console'; echo "\$ $*"
@@ -60,12 +60,12 @@ show "... skipped on request, counted and reported" finetune predict --input_fil
 echo '```console'; echo '$ cat labeled.report.json'; cat labeled.report.json; echo; echo '```'; echo
 show "A missing input file" finetune predict --input_file missing.jsonl --output_file missing_labeled.jsonl
 ln -sfn loop.jsonl loop.jsonl
-show "A link that points at itself (any file the system will not read)" finetune predict --input_file loop.jsonl --output_file labeled.jsonl
+show "A link that points at itself (any file the system will not read)" finetune predict --input_file loop.jsonl --output_file loop_labeled.jsonl
 show "A CSV whose text column has another name" finetune predict --input_file no_text_column.csv --text_column tweet --output_file tweet_labeled.jsonl
 printf '{"text": "a gzip file is read as its text"}\n' | gzip > rows.jsonl.gz
 show "A gzip-compressed file" finetune predict --input_file rows.jsonl.gz --output_file gz_labeled.jsonl
 head -c 30 rows.jsonl.gz > cut.jsonl.gz
-show "A gzip file cut short" finetune predict --input_file cut.jsonl.gz --output_file labeled.jsonl
+show "A gzip file cut short" finetune predict --input_file cut.jsonl.gz --output_file cut_labeled.jsonl
 
 echo "## Training files"; echo
 show "An unknown label (and an empty text) in a training file" finetune train embedded-cpu-quick --train_file mine.csv --output_dir runs/mine
