@@ -60,6 +60,10 @@ FOLDER, RETRY_OF, STOPPED, SETTINGS = "folder", "retry_of", "stopped", "settings
 METRIC = "eval_macro_f1"
 # Each trial keeps the checkpoint its score is of: the best validation macro-F1.
 KEEP_BEST = ["--load_best_model_at_end", "true", "--metric_for_best_model", "macro_f1", "--greater_is_better", "true"]
+# Each trial is scored at the same fifths of its own run, whatever its batch and epochs (transformers reads an
+# eval_steps below 1 as a share of the run), so that the pruner compares trials at the same point of their runs;
+# flags on the sweep's command line come after and win.
+CADENCE = ["--eval_strategy", "steps", "--eval_steps", "0.2", "--save_strategy", "steps", "--save_steps", "0.2"]
 RUN_KEYS = ("resume", "overwrite")  # how a command treats its output folder: not a setting of the config
 # What the sweep sets for each trial: its folder and rows, and the checkpoint its score is of.
 SET_BY_SWEEP = (
@@ -230,7 +234,7 @@ class ReportToOptuna(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict, **kw
     ) -> None:
         value = metrics[METRIC]
-        self.trial.report(value, state.global_step)
+        self.trial.report(value, round(100 * state.global_step / state.max_steps))  # the share of the run done
         if self.trial.should_prune():
             self.pruned = (
                 f"validation macro-F1 {value:.4f} at step {state.global_step}, below the completed trials' median there"
@@ -434,6 +438,7 @@ def sweep(
     counting those of an interrupted run of the same sweep; returns what to read and run next. `argv` is
     `CONFIG [--key value ...]` as for `finetune train`. The caller holds the output folder (`one_run`)."""
     argv = argv[1:] if argv[:1] == ["--config"] else argv
+    argv = [*argv[:1], *CADENCE, *argv[1:]]
     parser = make_parser()
     parsed = parse_train_args(argv, parser)
     task_args, sft, _ = parsed

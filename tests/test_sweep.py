@@ -80,7 +80,8 @@ def test_a_sweep_writes_every_trial_and_a_best_config_that_trains_as_it_is(
 
 def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The second trial's learning rate makes its weights NaN within a step, and a NaN model answers the first label,
-    `negative`, which none of these rows has: macro-F1 0 at step 2, below the first trial's, and it stops there."""
+    `negative`, which none of these rows has: macro-F1 0 at step 2, below the first trial's, and it stops there. Optuna
+    holds each evaluation at its share of the run (step 2 of 4: 50), where trials of other lengths are compared."""
     rows = [json.loads(line) for line in (DATA_DIR / "train.jsonl").read_text().splitlines()]
     train_file = tmp_path / "mine.jsonl"  # the user's own rows, with another column name
     train_file.write_text("".join(json.dumps({"tweet": r["text"], "label": r["label_text"]}) + "\n" for r in rows[:200]
@@ -96,7 +97,7 @@ def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tiny_model_dir: Path
 
     first, second = study(out).trials
     assert (first.state, second.state) == (TrialState.COMPLETE, TrialState.PRUNED)
-    assert first.intermediate_values[2] > 0 and second.intermediate_values == {2: 0.0}
+    assert first.intermediate_values[50] > 0 and second.intermediate_values == {50: 0.0}
     assert second.user_attrs["stopped"] == (
         "validation macro-F1 0.0000 at step 2, below the completed trials' median there"
     )
