@@ -81,12 +81,32 @@ def score(lm: HFLM, manager: TaskManager, task: Task, limit: int | None = None, 
         "macro_f1": values["macro_f1,none"],
         "invalid": values["invalid,none"],
     }
+    samples = sorted(out["samples"][name], key=lambda sample: sample["doc_id"])
+    row["answers"] = [answer(sample["filtered_resps"]) for sample in samples]
     if task.config.output_type == "generate_until":
         lengths = [len(lm.tok_encode(s["resps"][0][0])) for s in out["samples"][name]]
         cap = out["configs"][name]["generation_kwargs"]["max_gen_toks"]
         row["answer_tokens"] = sum(lengths) / len(lengths)
         row["unended"] = sum(n >= cap for n in lengths) / len(lengths)
     return row
+
+
+def answer(responses: list) -> str | int:
+    """A row's answer: the generated text, or the index of the choice with the highest log-likelihood."""
+    if isinstance(responses[0], str):
+        return responses[0]
+    return max(range(len(responses)), key=lambda i: responses[i][0])
+
+
+def same_as_first(rows: list[dict]) -> None:
+    """Each row's share of answers equal, row by row, to those of the first setting that scored the same model on
+    the same variant: a faster setting is one to use only where it answers as the reference does."""
+    first: dict[tuple, list] = {}
+    for row in rows:
+        reference = first.setdefault(
+            (row["model"] if row["model"] != "merged" else "adapter", row["task"]), row["answers"]
+        )
+        row["same"] = sum(a == b for a, b in zip(row["answers"], reference)) / len(reference)
 
 
 def run_setting(
@@ -172,15 +192,21 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - one setting failing must not lose the others' numbers
             traceback.print_exc()
             failed += 1
-    header = "| setting | model | task | rows | seconds | rows/s | acc | macro-F1 | invalid | answer tokens | unended |"
-    print("\n" + header + "\n" + "|---" * 11 + "|")
+    same_as_first(rows)
+    header = (
+        "| setting | model | task | rows | seconds | rows/s | acc | macro-F1 | invalid | answer tokens | unended "
+        f"| answers as {rows[0]['setting'] if rows else '-'} |"
+    )
+    print("\n" + header + "\n" + "|---" * 12 + "|")
     for r in rows:
         tokens = f"{r['answer_tokens']:.2f} | {100 * r['unended']:.0f}%" if "answer_tokens" in r else " |"
         print(f"| {r['setting']} | {r['model']} | {r['task']} | {r['n']} | {r['seconds']:.2f} | "
               f"{r['n'] / r['seconds']:.0f} | {r['acc']:.3f} | {r['macro_f1']:.3f} | {r['invalid']:.3f} | "
-              f"{tokens} |")  # fmt: skip
+              f"{tokens} | {100 * r['same']:.1f}% |")  # fmt: skip
     if args.out:
-        benchlib.write_json(args.out / "eval-speed.json", rows, env)
+        benchlib.write_json(
+            args.out / "eval-speed.json", [{k: v for k, v in r.items() if k != "answers"} for r in rows], env
+        )
     if failed:
         raise SystemExit(f"{failed} setting(s) or task(s) failed (said above); the table holds the rest")
 
