@@ -61,8 +61,8 @@ METRIC = "eval_macro_f1"
 # Each trial keeps the checkpoint its score is of: the best validation macro-F1.
 KEEP_BEST = ["--load_best_model_at_end", "true", "--metric_for_best_model", "macro_f1", "--greater_is_better", "true"]
 # Each trial is scored at the same fifths of its own run, whatever its batch and epochs (transformers reads an
-# eval_steps below 1 as a share of the run), so that the pruner compares trials at the same point of their runs;
-# flags on the sweep's command line come after and win.
+# eval_steps below 1 as a share of the run), so that the pruner compares trials at the same points of their runs
+# (a preset's eval_steps are counted for its own batch); flags on the sweep's command line come after and win.
 CADENCE = ["--eval_strategy", "steps", "--eval_steps", "0.2", "--save_strategy", "steps", "--save_steps", "0.2"]
 RUN_KEYS = ("resume", "overwrite")  # how a command treats its output folder: not a setting of the config
 # What the sweep sets for each trial: its folder and rows, and the checkpoint its score is of.
@@ -234,10 +234,14 @@ class ReportToOptuna(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict, **kw
     ) -> None:
         value = metrics[METRIC]
-        self.trial.report(value, round(100 * state.global_step / state.max_steps))  # the share of the run done
+        # reported at its rank among the run's evaluations (the base's at step 0 aside), which the trials share
+        # where their steps differ: with CADENCE, the first is at a fifth of every trial's run
+        rank = sum(METRIC in row and row.get("step", 0) > 0 for row in state.log_history)
+        self.trial.report(value, rank)
         if self.trial.should_prune():
             self.pruned = (
-                f"validation macro-F1 {value:.4f} at step {state.global_step}, below the completed trials' median there"
+                f"validation macro-F1 {value:.4f} at step {state.global_step} (evaluation {rank}), below the "
+                "completed trials' median there"
             )
             control.should_training_stop = True
 

@@ -72,16 +72,33 @@ def test_a_sweep_writes_every_trial_and_a_best_config_that_trains_as_it_is(
     task_args, sft, model_args = parse_train_args([str(out / BEST)])
     assert (sft.learning_rate, model_args.lora_r) == (best.params["learning_rate"], best.params["lora_r"])
     assert (model_args.lora_alpha, task_args.train_limit, sft.max_steps) == (8, 32, 4)
+    assert (sft.eval_steps, sft.save_steps) == (2, 2), "the sweep's flags over its cadence"
     assert task_args.train_file is None, "the final run trains on all the training rows, validated on the pinned ones"
     assert sft.output_dir == str(out / "best")
     main(["train", str(out / BEST)])
     assert (out / "best" / "adapter_model.safetensors").is_file()
 
 
+def test_trials_are_evaluated_at_the_same_fifths_of_their_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A preset's eval_steps count steps of its own batch; a trial of another batch or length is evaluated at the
+    fifths of its run instead, and each evaluation reaches Optuna at its rank, where other trials are compared."""
+    out = tmp_path / "sweep"
+    searched = space(tmp_path, "lora_r: {choices: [4]}\n")
+    flags = [flag for flag in sweep_args(tiny_model_dir, out, searched, "--n_trials", "1", "--max_steps", "10")
+             if flag not in ("--eval_steps", "--save_steps", "2")]  # fmt: skip
+    main(flags)
+
+    (trial,) = study(out).trials
+    log = json.loads((out / "trial-0" / "train_log.json").read_text())
+    assert [row["step"] for row in log if "eval_macro_f1" in row] == [2, 4, 6, 8, 10]
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5]
+    assert yaml.safe_load((out / BEST).read_text())["eval_steps"] == 0.2, "the best config evaluated as its trial was"
+
+
 def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The second trial's learning rate makes its weights NaN within a step, and a NaN model answers the first label,
     `negative`, which none of these rows has: macro-F1 0 at step 2, below the first trial's, and it stops there. Optuna
-    holds each evaluation at its share of the run (step 2 of 4: 50), where trials of other lengths are compared."""
+    holds each evaluation at its rank in the run (step 2: the first), where trials of other lengths are compared."""
     rows = [json.loads(line) for line in (DATA_DIR / "train.jsonl").read_text().splitlines()]
     train_file = tmp_path / "mine.jsonl"  # the user's own rows, with another column name
     train_file.write_text("".join(json.dumps({"tweet": r["text"], "label": r["label_text"]}) + "\n" for r in rows[:200]
@@ -97,9 +114,9 @@ def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tiny_model_dir: Path
 
     first, second = study(out).trials
     assert (first.state, second.state) == (TrialState.COMPLETE, TrialState.PRUNED)
-    assert first.intermediate_values[50] > 0 and second.intermediate_values == {50: 0.0}
+    assert first.intermediate_values[1] > 0 and second.intermediate_values == {1: 0.0}
     assert second.user_attrs["stopped"] == (
-        "validation macro-F1 0.0000 at step 2, below the completed trials' median there"
+        "validation macro-F1 0.0000 at step 2 (evaluation 1), below the completed trials' median there"
     )
     log = json.loads((out / "trial-1" / "train_log.json").read_text())
     assert max(row["step"] for row in log) == 2, "training stopped at the evaluation that pruned it"
