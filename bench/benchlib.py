@@ -368,7 +368,7 @@ class Variant:
 def big_batch(batch: int) -> tuple[str, ...]:
     """The 80 GB card's arguments without the speed-ups measured on/off below."""
     return ("--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
-            "--gradient_checkpointing", "false", "--optim", "adamw_torch_fused")  # fmt: skip
+            "--activation_checkpointing", "false", "--optim", "adamw_torch_fused")  # fmt: skip
 
 
 def fast(batch: int) -> tuple[str, ...]:
@@ -386,7 +386,7 @@ VARIANTS_8B: dict[str, Variant] = {
             "1",
             "--gradient_accumulation_steps",
             "8",
-            "--gradient_checkpointing",
+            "--activation_checkpointing",
             "true",
             "--optim",
             "paged_adamw_32bit",
@@ -427,21 +427,21 @@ VARIANTS_8B: dict[str, Variant] = {
     ),
     "ckpt-b256": Variant(
         SEED_PRESET,
-        (*fast(256), "--gradient_checkpointing", "true"),
+        (*fast(256), "--activation_checkpointing", "true"),
         12,
         4,
         "fast at batch 256 with gradient checkpointing (the 16 GB budget)",
     ),
     "ckpt-b192": Variant(
         SEED_PRESET,
-        (*fast(192), "--gradient_checkpointing", "true"),
+        (*fast(192), "--activation_checkpointing", "true"),
         12,
         4,
         "fast at batch 192 with gradient checkpointing",
     ),
     "ckpt-b128": Variant(
         SEED_PRESET,
-        (*fast(128), "--gradient_checkpointing", "true"),
+        (*fast(128), "--activation_checkpointing", "true"),
         14,
         4,
         "fast at batch 128 with gradient checkpointing",

@@ -191,8 +191,10 @@ def _model_path(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
+    """Prints the value for `--include_path "$(finetune tasks-path)"`: empty once linked, with a note to a person at a
+    terminal only (a command substitution takes the bare value, so the documented command stays quiet)."""
     from finetune.benchmark import tasks_path
-    from finetune.task_link import link_tasks, unlink_tasks
+    from finetune.task_link import include_path, link_tasks, unlink_tasks
 
     if args.link:
         print(f"linked: {link_tasks()} (undo with `finetune tasks-path --unlink`)")
@@ -200,7 +202,13 @@ def _tasks_path(args: argparse.Namespace, rest: list[str]) -> None:
         removed = unlink_tasks()
         print(f"removed: {removed}" if removed else "nothing to remove: the task is not linked into lm-eval")
     else:
-        print(tasks_path())
+        path = include_path()
+        print(path)
+        if not path and sys.stdout.isatty():
+            print(
+                f"(nothing to include: the task is linked into lm-eval; its files are in {tasks_path()})",
+                file=sys.stderr,
+            )
 
 
 def _base(args: argparse.Namespace) -> ModelConfig:
@@ -344,7 +352,7 @@ def build_parser() -> TrlParser:
     p.add_argument("name", nargs="?", default="embedded")
     p.set_defaults(run=_model_path)
 
-    p = sub.add_parser("tasks-path", help="print the folder to pass to `lm_eval --include_path`")
+    p = sub.add_parser("tasks-path", help="print what to pass to `lm_eval --include_path` (nothing once linked)")
     how = p.add_mutually_exclusive_group()
     switch(how, "link", help="let plain `lm_eval --tasks tweet_sentiment` find the task (reversible)")
     switch(how, "unlink", help="undo --link")

@@ -15,6 +15,13 @@ from finetune.benchmark import TRAIN_TASK
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
 LOSS_METRICS = ("loss", "eval_loss")  # what the Trainer reads for load_best_model_at_end without a metric
+# transformers 5.23 renamed TrainingArguments' `gradient_checkpointing*` to `activation_checkpointing*` (the old names
+# warn, and go in v6); 5.17-5.22 know only the old ones. Presets use the new names; a config's key or a flag given
+# in either spelling reaches the installed transformers in the one it goes by.
+CHECKPOINTING_NAMES = (
+    ("gradient_checkpointing", "activation_checkpointing"),
+    ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+)
 
 
 @dataclass
@@ -180,6 +187,30 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, command: s
     return subparsers.add_parser(command, dataclass_types=types, help=HELP[command], epilog=LAUNCH_EPILOG)
 
 
+def installed_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each activation-checkpointing key to the spelling the installed transformers goes by: the new names to the old
+    on 5.17-5.22; from 5.23 the old to the new, which win there (an old-spelled flag over a new-spelled config key
+    would be ignored) and are all that v6 keeps."""
+    declared = {action.dest for action in parser._actions}
+    return {
+        name: other
+        for old, new in CHECKPOINTING_NAMES
+        for name, other in ((old, new) if new in declared else (new, old),)
+    }
+
+
+def installed_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`argv` with each `--key` / `--key=value` of `installed_names` in the installed transformers' spelling."""
+    names = installed_names(parser)
+
+    def spelled(arg: str) -> str:
+        flag, equals, value = arg.partition("=")
+        key = flag.removeprefix("--")
+        return f"--{names[key]}{equals}{value}" if flag.startswith("--") and key in names else arg
+
+    return [spelled(arg) for arg in argv]
+
+
 def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:
     """`CONFIG [--key value ...]`: the YAML sets the defaults, the flags override them. One instance of each of
     the parser's dataclasses: (TaskArguments, SFTConfig, ModelConfig) for `train`, DistillArguments first for
@@ -189,9 +220,14 @@ def parse_train_args(argv: list[str], parser: TrlParser | None = None) -> tuple:
     if not argv or argv[0].startswith("-"):  # trl's defaults alone train no sensible model, and fail on a CPU
         raise FinetuneError(f"give a PRESET or CONFIG.yaml first (presets: {', '.join(presets())})")
     config = config_file(argv[0])
-    argv = ["--config", str(config), *argv[1:]]
     parser = parser or make_parser()
+    argv = ["--config", str(config), *installed_flags(argv[1:], parser)]
     check_keys(config, parser)
+    # trl reads the file's keys as defaults and returns those it has no option for, unused; a key of the other
+    # spelling is set here, as the default of the option the installed transformers has.
+    names = installed_names(parser)
+    file_keys = yaml.safe_load(config.read_text()) or {}
+    parser.set_defaults_with_config(**{names[key]: value for key, value in file_keys.items() if key in names})
     try:
         *parsed, _, from_flags = parser.parse_args_and_config(
             argv, return_remaining_strings=True, separate_remaining_strings=True
@@ -221,7 +257,7 @@ def check_keys(config: Path, parser: argparse.ArgumentParser) -> None:
         raise FinetuneError(f"{config}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(document, yaml.MappingNode):
         raise FinetuneError(f"{config}: expected a mapping of keys to values")
-    known = {action.dest for action in parser._actions} | {"env"}  # trl's parser reads `env` itself
+    known = {action.dest for action in parser._actions} | {"env"} | installed_names(parser).keys()  # trl reads `env`
     unknown = [key for key, _ in document.value if key.value not in known]
     if unknown:
         raise FinetuneError(

@@ -91,6 +91,8 @@ def accelerate_config(name: str) -> Path:
 def relaunch(argv: list[str], launch: argparse.Namespace) -> None:
     """`accelerate launch [--config_file F] --num_processes N -m finetune.cli ARGV` on this host; raises
     if a process failed (each has already said why)."""
+    # Not trl's CLI helpers: its launcher runs only files in trl/scripts, and its --accelerate_config names only trl's
+    # configs (multi_gpu fixes bf16; no FSDP + QLoRA one). docs/design.md, "Several GPUs".
     flags = ["--main_process_port", "0"]  # a free port: several runs on one host do not collide
     if launch.accelerate_config is not None:
         flags += ["--config_file", str(accelerate_config(launch.accelerate_config))]

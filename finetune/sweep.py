@@ -41,6 +41,7 @@ from finetune.config import (  # noqa: E402
     CONFIGS_DIR,
     TaskArguments,
     config_file,
+    installed_flags,
     make_parser,
     parse_train_args,
     unknown_flags,
@@ -444,6 +445,7 @@ def sweep(
     argv = argv[1:] if argv[:1] == ["--config"] else argv
     argv = [*argv[:1], *CADENCE, *argv[1:]]
     parser = make_parser()
+    argv = [*argv[:1], *installed_flags(argv[1:], parser)]  # the flag names `flag_keys` finds
     parsed = parse_train_args(argv, parser)
     task_args, sft, _ = parsed
     if sft.eval_strategy == "no":

@@ -47,6 +47,20 @@ def link_tasks(root: Path | None = None) -> Path:
     return folder
 
 
+def is_linked(root: Path | None = None) -> bool:
+    """Whether lm-eval's task folder holds a link to each of our YAML files: lm-eval then indexes the task by itself,
+    and an `--include_path` of ours would register every task a second time ("overrides existing task" warnings)."""
+    folder = (root or lm_eval_task_folder()) / LINK_FOLDER
+    ours = sorted((tasks_path() / TASK_GROUP).glob("*.yaml"))
+    return all((folder / c.name).is_symlink() and (folder / c.name).resolve() == c.resolve() for c in ours)
+
+
+def include_path(root: Path | None = None) -> str:
+    """What `lm_eval --include_path "$(finetune tasks-path)"` should get: our task folder, or nothing once the task is
+    linked, so that the one documented command works, without warnings, whether or not the user ran `--link`."""
+    return "" if is_linked(root) else str(tasks_path())
+
+
 def unlink_tasks(root: Path | None = None) -> Path | None:
     """Undo `link_tasks`: remove the links and their folder, and nothing else; None where nothing was linked."""
     folder = linked_folder(root or lm_eval_task_folder())

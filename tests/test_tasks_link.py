@@ -1,5 +1,6 @@
 """`finetune tasks-path --link`: plain `lm_eval --tasks tweet_sentiment` (no --include_path) finds, validates and runs
-the task, and `--unlink` takes that back, with no change to lm-eval's code."""
+the task, and `--unlink` takes that back, with no change to lm-eval's code; the documented
+`lm_eval --include_path "$(finetune tasks-path)"` stays free of "overrides existing task" warnings either way."""
 
 import os
 import subprocess
@@ -11,11 +12,13 @@ import pytest
 
 import finetune.task_link as task_link
 from finetune import FinetuneError
+from finetune.benchmark import tasks_path
 from finetune.cli import main
 from finetune.task_link import LINK_FOLDER, link_tasks, unlink_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = "tweet_sentiment,tweet_sentiment_gen,tweet_sentiment_mc,tweet_sentiment_full"
+OVERRIDES = "overrides existing task"
 
 
 @pytest.fixture
@@ -51,15 +54,28 @@ def test_link_lets_plain_lm_eval_list_validate_and_run_the_task_and_unlink_takes
     assert all(name in listed for name in TASKS.split(","))
     validated = run(shadow_site, "lm_eval", "validate", "--tasks", TASKS)
     assert validated.returncode == 0 and "All tasks found and valid" in validated.stdout
-    scored = run(shadow_site, "lm_eval", "--tasks", "tweet_sentiment_mc", "--model", "hf",
+    # The README's and the card's `lm_eval --include_path "$(finetune tasks-path)" ...`, once linked: nothing is
+    # included, so lm-eval registers each task once; our folder itself would make it warn for every task.
+    main(["tasks-path"])
+    assert capsys.readouterr().out == "\n"
+    scored = run(shadow_site, "lm_eval", "--include_path", "", "--tasks", "tweet_sentiment_mc", "--model", "hf",
                  "--model_args", f"pretrained={tiny_model_dir}", "--device", "cpu", "--limit", "4")  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert "tweet_sentiment_mc" in scored.stdout and "macro_f1" in scored.stdout
+    assert OVERRIDES not in scored.stderr + scored.stdout
+    doubled = run(shadow_site, "lm_eval", "validate", "--tasks", TASKS, "--include_path", str(tasks_path()))
+    assert OVERRIDES in doubled.stderr + doubled.stdout, "the check above would see the warning"
 
     main(["tasks-path", "--unlink"])
     assert not (tasks / LINK_FOLDER).exists()
     validated = run(shadow_site, "lm_eval", "validate", "--tasks", TASKS)
     assert validated.returncode == 1 and "Tasks not found" in validated.stdout
+    capsys.readouterr()
+    main(["tasks-path"])
+    included = capsys.readouterr().out.strip()
+    assert included == str(tasks_path())
+    documented = run(shadow_site, "lm_eval", "validate", "--tasks", TASKS, "--include_path", included)
+    assert documented.returncode == 0 and OVERRIDES not in documented.stderr + documented.stdout
     capsys.readouterr()
     main(["tasks-path", "--unlink"])
     assert capsys.readouterr().out == "nothing to remove: the task is not linked into lm-eval\n"

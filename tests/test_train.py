@@ -4,18 +4,22 @@ import json
 import logging
 import math
 import shutil
+import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import get_quantization_config
+from trl import SFTConfig, get_quantization_config
 
 from finetune import FinetuneError
 from finetune.benchmark import TRAIN_TASK, load_tasks
-from finetune.config import parse_train_args
+from finetune.config import installed_names, make_parser, parse_train_args, presets
 from finetune.model import base_config
 from finetune.train import compute_dtype, loading_args, trainer_for
 from lm_eval_tasks.tweet_sentiment.utils import macro_f1
@@ -51,6 +55,42 @@ def test_without_the_validation_loss_the_best_checkpoint_needs_another_metric(tm
 def test_config_flags_override_the_yaml() -> None:
     task_args, sft, model_args = parse_train_args([str(TINY_CONFIG), "--lora_r", "4", "--train_limit", "10"])
     assert (model_args.lora_r, task_args.train_limit, sft.max_steps) == (4, 10, 6)
+
+
+def checkpointing_names_of_this_transformers() -> dict[str, str]:
+    """What `installed_names` should say, from the transformers version alone: 5.23 added `activation_checkpointing*`
+    and made the old names its deprecated aliases."""
+    new_to_old = {"activation_checkpointing": "gradient_checkpointing",
+                  "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs"}  # fmt: skip
+    if Version(transformers.__version__) < Version("5.23"):
+        return new_to_old
+    return {old: new for new, old in new_to_old.items()}
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_each_preset_parses_without_a_deprecation_warning(preset: str, tmp_path: Path) -> None:
+    assert installed_names(make_parser()) == checkpointing_names_of_this_transformers()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parse_train_args([preset, "--output_dir", str(tmp_path), "--bf16", "false"])  # bf16 is refused on a CPU
+    assert not [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+
+
+@pytest.mark.parametrize("spelling", ["activation_checkpointing", "gradient_checkpointing"])
+def test_activation_checkpointing_in_either_spelling_reaches_the_installed_transformers(
+    spelling: str, tmp_path: Path
+) -> None:
+    declared = {field.name for field in fields(SFTConfig)}
+    installed = "activation_checkpointing" if "activation_checkpointing" in declared else "gradient_checkpointing"
+    config = tmp_path / "checkpointing.yaml"
+    config.write_text(
+        TINY_CONFIG.read_text().replace("activation_checkpointing: false\n", "")
+        + f"{spelling}: true\n{spelling}_kwargs:\n  use_reentrant: false\n"
+    )
+    sft = parse_train_args([str(config)])[1]
+    assert getattr(sft, installed) is True and getattr(sft, f"{installed}_kwargs") == {"use_reentrant": False}
+    assert getattr(parse_train_args([str(config), f"--{spelling}", "false"])[1], installed) is False
+    assert getattr(parse_train_args([str(TINY_CONFIG), f"--{spelling}=true"])[1], installed) is True
 
 
 def test_presets_are_found_by_name() -> None:
