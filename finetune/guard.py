@@ -18,6 +18,10 @@ class Diverged(FinetuneError):
 
     exit_code = 3
 
+    def __init__(self, what: str, advice: str = "") -> None:
+        super().__init__(f"{what}; {advice}" if advice else what)
+        self.what = what  # without the advice, for a caller that gives its own (a sweep's trial)
+
 
 class DivergenceGuard(TrainerCallback):
     """Scores the base on the validation rows before the first step, with the evaluations' own choice scoring,
@@ -59,16 +63,19 @@ class DivergenceGuard(TrainerCallback):
             self.trainer.log({STOPPED: self.reason})
             control.should_training_stop = True
 
-    def message(self, state: TrainerState, learning_rate: float) -> str:
-        """What happened, what was kept, and what to try."""
+    def message(self, state: TrainerState) -> str:
+        """What happened, and what was kept."""
         best = state.best_model_checkpoint
         kept = (
             f"kept the best checkpoint ({best.rsplit('/', 1)[-1]}, validation macro-F1 {state.best_metric:.3f})"
             if best
             else "kept the last weights (no checkpoint was scored)"
         )
-        return (
-            f"stopped at step {state.global_step} of {state.max_steps}: {self.reason}; {kept} as the adapter; "
-            f"try a lower --learning_rate (this run's: {learning_rate:g}) or `finetune sweep` "
-            "(--divergence_guard false trains on regardless)"
-        )
+        return f"stopped at step {state.global_step} of {state.max_steps}: {self.reason}; {kept} as the adapter"
+
+
+def advice(learning_rate: float) -> str:
+    return (
+        f"try a lower --learning_rate (this run's: {learning_rate:g}) or `finetune sweep` "
+        "(--divergence_guard false trains on regardless)"
+    )

@@ -287,7 +287,9 @@ class Objective:
         stopped = None
         try:
             train(self.benchmark, task_args, sft, model_args, RERUN, callbacks=[report])
-        except (Diverged, torch.OutOfMemoryError) as err:
+        except Diverged as err:
+            stopped = err.what  # the guard's advice, a lower rate or a sweep, is this sweep's to act on
+        except torch.OutOfMemoryError as err:
             stopped = first_line(err)  # raised below, outside this block, so that no frame of the run outlives it
         drop_checkpoints(folder)
         if stopped or report.pruned:

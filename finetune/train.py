@@ -20,7 +20,7 @@ from finetune import FinetuneError, first_line
 from finetune.benchmark import Benchmark, choice_scores, load_benchmark
 from finetune.config import TaskArguments
 from finetune.dataset import DATA_REPORT, TrainingData, training_data, user_tables
-from finetune.guard import Diverged, DivergenceGuard
+from finetune.guard import Diverged, DivergenceGuard, advice
 from finetune.interrupt import Interrupted, StopOnSignal, interrupted_message
 from finetune.launch import is_main_process, under_fsdp
 from finetune.model import check_base, hub_name, load_model, load_tokenizer, save_model_args
@@ -283,7 +283,7 @@ def train(
     if replaced is not None:
         shutil.rmtree(replaced.parent)
     if guard is not None and guard.reason is not None:
-        raise Diverged(f"{out}: {guard.message(trainer.state, sft.learning_rate)}")
+        raise Diverged(f"{out}: {guard.message(trainer.state)}", advice(sft.learning_rate))
     return out
 
 

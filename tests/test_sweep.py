@@ -126,7 +126,10 @@ def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tiny_model_dir: Path
 def test_a_diverged_trial_or_one_out_of_memory_is_pruned_with_its_reason(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stops = iter([Diverged("trial-0: stopped at step 6 of 9: the answers collapsed"), torch.OutOfMemoryError("CUDA")])
+    """Pruned, so that the sampler learns to avoid the region; the guard's advice (a lower rate, or a sweep) is the
+    sweep's own to act on, and stays out of the reason."""
+    collapsed = Diverged("trial-0: stopped at step 6 of 9: the answers collapsed", "try a lower --learning_rate")
+    stops = iter([collapsed, torch.OutOfMemoryError("CUDA")])
 
     def train(*args, **kwargs) -> Path:
         raise next(stops)
