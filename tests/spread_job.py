@@ -1,7 +1,9 @@
 """Several `finetune` commands one after another in the same processes, for `accelerate launch` to run: what
-`accelerate launch -m finetune.cli CMD ...` does for each command, without starting the processes each time.
+`accelerate launch -m finetune.cli CMD ...` does for each command, without starting the processes each time; run
+by plain python, what `python -m finetune.cli CMD ...` does for each, in one interpreter.
 
     accelerate launch --num_processes N tests/spread_job.py '[["evaluate", ...], ["predict", ...]]'
+    python tests/spread_job.py '[["merge", ...], ["push", ...]]'
 """
 
 import json

@@ -39,6 +39,7 @@ from finetune.report import read_training_log, write_report
 from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR, FULL_DATA_ENV
 
 TOKEN, USER = "test-token", "tester"
+SPREAD_JOB = Path(__file__).parent / "spread_job.py"
 # what an adapter repo holds: weights and config, how the base was loaded, the tokenizer, the loss curve
 ADAPTER_FILES = (
     "adapter_config.json",
@@ -418,22 +419,13 @@ def test_merge_and_push_merged_fold_the_adapter_into_its_base_at_the_revision_it
         (adapter / name).write_text(json.dumps({**settings, key: value}))
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN=TOKEN)
-    for command in (
-        [
-            "merge",
-            "--model_name_or_path",
-            f"{USER}/base",
-            "--model_revision",
-            "v1",
-            "--adapter",
-            str(adapter),
-            "--output_dir",
-            str(tmp_path / "merged"),
-        ],
-        ["push", "--adapter", str(adapter), "--repo_id", f"{USER}/merged-v1", "--merged"],
-    ):
-        run = subprocess.run([sys.executable, "-m", "finetune.cli", *command], capture_output=True, text=True, env=env)
-        assert run.returncode == 0, run.stderr[-3000:]
+    merge_command = ["merge", "--model_name_or_path", f"{USER}/base", "--model_revision", "v1", "--adapter",
+                     str(adapter), "--output_dir", str(tmp_path / "merged")]  # fmt: skip
+    push_command = ["push", "--adapter", str(adapter), "--repo_id", f"{USER}/merged-v1", "--merged"]
+    commands = json.dumps([merge_command, push_command])  # one after the other, in one interpreter of the user's
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, str(SPREAD_JOB), commands], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
     pushed = Path(api.snapshot_download(f"{USER}/merged-v1", local_dir=tmp_path / "pushed"))
     expected = merge(base_config(str(tiny_model_dir), "bfloat16"), str(tiny_adapter_dir), tmp_path / "expected")
     for folder in (tmp_path / "merged", pushed):

@@ -19,7 +19,7 @@ from finetune import FinetuneError
 from finetune.benchmark import TASK_GROUP, load_tasks
 from finetune.cli import main
 from finetune.evaluate import evaluate
-from finetune.launch import split_launch_args
+from finetune.launch import USE_CPU, split_launch_args
 from finetune.model import base_config
 from finetune.sampler import StepBalancedSampler, step_balanced_order
 from finetune.train import loading_args
@@ -183,25 +183,15 @@ def test_an_unknown_accelerate_config_is_named(capsys: pytest.CaptureFixture) ->
     )
 
 
-def test_a_shipped_accelerate_config_alone_runs_one_process_a_gpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_shipped_accelerate_config_alone_runs_one_process_a_gpu(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The shipped configs name no number of processes (accelerate's launcher would demand one): one a GPU, or
     one process on a machine without."""
+    monkeypatch.setenv(USE_CPU, "true")  # what the launch sets here, without a GPU: unset again after the test
     report = tmp_path / "report"
-    python(
-        "-m",
-        "finetune.cli",
-        "evaluate",
-        "--model_name_or_path",
-        str(tiny_model_dir),
-        "--accelerate_config",
-        "ddp",
-        "--tasks",
-        "tweet_sentiment_mc",
-        "--limit",
-        "2",
-        "--output_dir",
-        str(report),
-    )
+    main(["evaluate", "--model_name_or_path", str(tiny_model_dir), "--accelerate_config", "ddp",
+          "--tasks", "tweet_sentiment_mc", "--limit", "2", "--output_dir", str(report)])  # fmt: skip
     assert json.loads((report / "metrics.json").read_text())["rows"] == {"tweet_sentiment_mc": 2}
 
 
