@@ -51,10 +51,10 @@ def test_a_sweep_writes_every_trial_and_a_best_config_that_trains_as_it_is(
 ) -> None:
     out = tmp_path / "sweep"
     searched = space(tmp_path, "learning_rate: {low: 1e-3, high: 2.0e-2, log: true}\nlora_r: {choices: [4, 8]}\n")
-    main(sweep_args(tiny_model_dir, out, searched, "--n_trials", "2", "--lora_alpha", "8"))
+    main(sweep_args(tiny_model_dir, out, searched, "--n_trials", "3", "--lora_alpha", "8"))
 
     trials = study(out).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert all(t.value == max(t.intermediate_values.values()) for t in trials), "the score of the kept checkpoint"
     best = max(trials, key=lambda t: t.value)
     assert f"best: trial {best.number}, validation macro-F1 {best.value:.4f}" in capsys.readouterr().out
@@ -63,7 +63,7 @@ def test_a_sweep_writes_every_trial_and_a_best_config_that_trains_as_it_is(
     assert len(dev) == 16 and len(rows) == len(pinned) - 16, "the development rows are drawn from the training rows"
     assert not {json.loads(line)["id"] for line in dev} & {json.loads(line)["id"] for line in rows}
     table = (out / "trials.csv").read_text().splitlines()
-    assert len(table) == 3 and all(",COMPLETE," in line for line in table[1:])
+    assert len(table) == 4 and all(",COMPLETE," in line for line in table[1:])
     assert (out / "trials.png").read_bytes().startswith(b"\x89PNG")
     assert not list(out.glob("trial-*/checkpoint-*")), "a finished trial keeps its adapter, not its checkpoints"
     assert all((out / f"trial-{t.number}" / "adapter_model.safetensors").is_file() for t in trials)
