@@ -179,7 +179,7 @@ def _demo(args: argparse.Namespace, rest: list[str]) -> None:
     from finetune.demo import demo
 
     with one_run(args.output_dir):
-        text = demo(args.output_dir, rest)
+        text = demo(args.output_dir, rest, args.limit)
     if text is not None:
         print(text)
 
@@ -345,6 +345,7 @@ def build_parser() -> TrlParser:
         epilog="Any other --key value pairs override the embedded-cpu-quick preset, as for `finetune train`.",
     )
     option(p, "output_dir", type=Path, default=Path("runs/demo"))
+    option(p, "limit", type=positive_int, help="score only the first N rows (a quick look)")
     add_launch_args(p)
     p.set_defaults(run=_demo, takes_rest=True)
 

@@ -4,9 +4,10 @@ lm-eval's flags for few-shot and chat prompts too."""
 
 import json
 import shutil
-import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 from peft import PeftModel
@@ -29,7 +30,29 @@ CHAT_ROWS, SHOTS = 6, 3
 
 
 @pytest.fixture(scope="module")
-def evaluation(tiny_model_dir: Path, tiny_adapter_dir: Path):
+def lm_eval_cli(tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path_factory) -> Iterator[tuple[Popen, Path]]:
+    """`lm_eval --model hf --model_args pretrained=...,peft=...` on the first rows, and the folder of its files and
+    log, started (not waited for)."""
+    folder = tmp_path_factory.mktemp("lm_eval_cli")
+    cmd = [
+        sys.executable, "-m", "lm_eval",
+        "--include_path", str(tasks_path()),
+        "--tasks", "tweet_sentiment",
+        "--model", "hf",
+        "--model_args", f"pretrained={tiny_model_dir},peft={tiny_adapter_dir}",
+        "--device", "cpu",
+        "--batch_size", "16",
+        "--limit", str(ROWS),
+        "--log_samples",
+        "--output_path", str(folder),
+    ]  # fmt: skip
+    with (folder / "lm_eval.log").open("w") as log, Popen(cmd, stdout=log, stderr=log, cwd=folder) as run:
+        yield run, folder
+
+
+@pytest.fixture(scope="module")
+def evaluation(lm_eval_cli: tuple[Popen, Path], tiny_model_dir: Path, tiny_adapter_dir: Path):
+    """`finetune evaluate`'s scores of the first rows, in-process, while `lm_eval_cli` runs."""
     return evaluate(base_config(str(tiny_model_dir)), [str(tiny_adapter_dir)], load_tasks([TASK_GROUP]), limit=ROWS)
 
 
@@ -65,27 +88,15 @@ def test_generative_answers_are_greedy_generations_read_by_the_label_extractor(
 
 
 def test_lm_eval_cli_with_peft_answers_every_row_as_finetune_evaluate(
-    evaluation, tiny_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+    evaluation, lm_eval_cli: tuple[Popen, Path]
 ) -> None:
-    cmd = [
-        sys.executable, "-m", "lm_eval",
-        "--include_path", str(tasks_path()),
-        "--tasks", "tweet_sentiment",
-        "--model", "hf",
-        "--model_args", f"pretrained={tiny_model_dir},peft={tiny_adapter_dir}",
-        "--device", "cpu",
-        "--batch_size", "16",
-        "--limit", str(ROWS),
-        "--log_samples",
-        "--output_path", str(tmp_path),
-    ]  # fmt: skip
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-2000:]
+    run, folder = lm_eval_cli
+    assert run.wait() == 0, (folder / "lm_eval.log").read_text()[-2000:]
     for variant in ("tweet_sentiment_gen", "tweet_sentiment_mc"):
-        [samples] = tmp_path.rglob(f"samples_{variant}_*.jsonl")
+        [samples] = folder.rglob(f"samples_{variant}_*.jsonl")
         rows = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda s: s["doc_id"])
         assert [tuple(s["macro_f1"]) for s in rows] == evaluation.pairs["tiny-adapter"][variant], variant
-    [results] = tmp_path.rglob("results_*.json")
+    [results] = folder.rglob("results_*.json")
     scores = json.loads(results.read_text())["results"]
     assert scores["tweet_sentiment_mc"]["acc,none"] == evaluation.results["tiny-adapter"]["tweet_sentiment_mc"]["acc"]
 
@@ -127,7 +138,7 @@ def test_lm_eval_flags_ask_and_answer_every_row_as_lm_eval_with_the_same_flags(
         "--output_path", str(theirs),
     ]  # fmt: skip
     log = tmp_path / "lm_eval.log"
-    with log.open("w") as stderr, subprocess.Popen(cmd, stdout=stderr, stderr=stderr, cwd=tmp_path) as run:
+    with log.open("w") as stderr, Popen(cmd, stdout=stderr, stderr=stderr, cwd=tmp_path) as run:
         main(["evaluate", *model, *flags, "--output_path", str(ours), "--output_dir", str(report)])  # meanwhile
     assert run.returncode == 0, log.read_text()[-2000:]
     answers = json.loads((report / "answers.json").read_text())

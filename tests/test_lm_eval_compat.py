@@ -29,15 +29,24 @@ def flat(answer):
     return answer
 
 
-def score(python: str, model_dir: Path, adapter_dir: Path, data_dir: Path) -> dict[str, dict]:
-    run = subprocess.run(
-        [python, str(SCRIPT), str(model_dir), str(adapter_dir), str(ROWS), str(data_dir)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+def start(python: str, model_dir: Path, adapter_dir: Path, data_dir: Path, log: Path) -> subprocess.Popen:
+    """The script under `python`, started (both interpreters score at once), its stderr in `log`: a file, not a
+    pipe, which would stop it while nobody reads."""
+    with log.open("w") as stderr:
+        return subprocess.Popen(
+            [python, str(SCRIPT), str(model_dir), str(adapter_dir), str(ROWS), str(data_dir)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+
+
+def scores(run: subprocess.Popen, log: Path) -> dict[str, dict]:
+    """Each variant's line, once the script is done."""
+    stdout, _ = run.communicate()
+    assert run.returncode == 0, log.read_text()[-3000:]
+    lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     return {line.pop("variant"): line for line in lines}
 
 
@@ -48,8 +57,12 @@ def test_every_variant_answers_every_row_alike_under_both_lm_eval_releases(
     # the source's layout for the _full and _trainfull variants: other test rows than the pinned variants score
     (tmp_path / "test.jsonl").write_text("".join(reversed((DATA_DIR / "test.jsonl").read_text().splitlines(True))))
     (tmp_path / "train.jsonl").write_text((DATA_DIR / "train.jsonl").read_text()[:20000].rsplit("\n", 1)[0] + "\n")
-    now = score(sys.executable, tiny_model_dir, tiny_adapter_dir, tmp_path)
-    nxt = score(NEXT_PYTHON, tiny_model_dir, tiny_adapter_dir, tmp_path)
+    logs = [tmp_path / "now.log", tmp_path / "next.log"]
+    runs = [
+        start(python, tiny_model_dir, tiny_adapter_dir, tmp_path, log)
+        for python, log in zip((sys.executable, NEXT_PYTHON), logs)
+    ]
+    now, nxt = (scores(run, log) for run, log in zip(runs, logs))
     versions = {line.pop("lm_eval") for line in now.values()}, {line.pop("lm_eval") for line in nxt.values()}
     assert versions[0] != versions[1], f"both interpreters have lm-eval {versions[0]}"
     assert sorted(now) == sorted(nxt)

@@ -185,6 +185,8 @@ def test_demo_trains_then_scores_base_and_adapter_on_the_generative_variant(
             "demo",
             "--output_dir",
             str(tmp_path),
+            "--limit",
+            "8",
             *overrides,
             "--max_steps",
             "2",
@@ -198,5 +200,6 @@ def test_demo_trains_then_scores_base_and_adapter_on_the_generative_variant(
     assert "| base | tweet_sentiment_gen |" in printed and "| adapter | tweet_sentiment_gen |" in printed
     assert "tweet_sentiment_mc" not in printed
     assert "total" in printed and (tmp_path / "report" / "comparison.png").exists()
-    results = json.loads((tmp_path / "report" / "metrics.json").read_text())["results"]
-    assert set(results) == {"base", "adapter"}
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(metrics["results"]) == {"base", "adapter"}
+    assert metrics["rows"] == {"tweet_sentiment_gen": 8}, "scored on the first --limit rows"
