@@ -4,6 +4,7 @@ configured effective batch, and evaluation and labeling spread their rows yet an
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,9 @@ def test_an_unknown_accelerate_config_is_named(capsys: pytest.CaptureFixture) ->
     )
 
 
+LAUNCHER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # torch's elastic agent's
+
+
 def test_a_shipped_accelerate_config_alone_runs_one_process_a_gpu(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,8 +194,13 @@ def test_a_shipped_accelerate_config_alone_runs_one_process_a_gpu(
     one process on a machine without."""
     monkeypatch.setenv(USE_CPU, "true")  # what the launch sets here, without a GPU: unset again after the test
     report = tmp_path / "report"
-    main(["evaluate", "--model_name_or_path", str(tiny_model_dir), "--accelerate_config", "ddp",
-          "--tasks", "tweet_sentiment_mc", "--limit", "2", "--output_dir", str(report)])  # fmt: skip
+    handlers = {number: signal.getsignal(number) for number in LAUNCHER_SIGNALS}
+    try:
+        main(["evaluate", "--model_name_or_path", str(tiny_model_dir), "--accelerate_config", "ddp",
+              "--tasks", "tweet_sentiment_mc", "--limit", "2", "--output_dir", str(report)])  # fmt: skip
+    finally:  # the launcher's own handlers outlive it, here in the test's process (a command's process ends there)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
     assert json.loads((report / "metrics.json").read_text())["rows"] == {"tweet_sentiment_mc": 2}
 
 
