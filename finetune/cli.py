@@ -281,12 +281,18 @@ def build_parser() -> TrlParser:
     p = sub.add_parser(
         "sweep",
         help="search a config's hyperparameters with Optuna, scored by validation macro-F1 on rows drawn from training",
-        usage="finetune sweep PRESET|CONFIG [--n_trials N] [--search_space FILE] [--dev_size N] [--key value ...]",
+        usage="finetune sweep PRESET|CONFIG [--n_trials N] [--search_space default|gpu|FILE] [--dev_size N] "
+        "[--key value ...]",
         epilog="Any other --key value pairs override the config, as for `finetune train`; its output_dir holds the "
         "study. The same command continues an interrupted sweep; one process, on the devices it sees.",
     )
     option(p, "n_trials", type=positive_int, default=20, help="trials to finish, counting those of an interrupted run")
-    option(p, "search_space", default="default", help="YAML file of the ranges to search, or a shipped one by name")
+    option(
+        p,
+        "search_space",
+        default="default",
+        help="YAML file of the ranges to search, or a shipped one by name (default; gpu: larger batches)",
+    )
     option(p, "dev_size", type=positive_int, help="training rows that score the trials; unset: a tenth, at most 400")
     option(p, "n_startup_trials", type=positive_int, default=5, help="trials that complete before the pruner stops any")
     p.set_defaults(run=_sweep, takes_rest=True)

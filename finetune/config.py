@@ -205,7 +205,7 @@ def installed_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[st
 
     def spelled(arg: str) -> str:
         flag, equals, value = arg.partition("=")
-        key = flag.removeprefix("--")
+        key = flag.removeprefix("--").replace("-", "_")  # the parser takes dashed spellings too
         return f"--{names[key]}{equals}{value}" if flag.startswith("--") and key in names else arg
 
     return [spelled(arg) for arg in argv]

@@ -61,10 +61,13 @@ FOLDER, RETRY_OF, STOPPED, SETTINGS = "folder", "retry_of", "stopped", "settings
 METRIC = "eval_macro_f1"
 # Each trial keeps the checkpoint its score is of: the best validation macro-F1.
 KEEP_BEST = ["--load_best_model_at_end", "true", "--metric_for_best_model", "macro_f1", "--greater_is_better", "true"]
-# Each trial is scored at the same fifths of its own run, whatever its batch and epochs (transformers reads an
-# eval_steps below 1 as a share of the run), so that the pruner compares trials at the same points of their runs
-# (a preset's eval_steps are counted for its own batch); flags on the sweep's command line come after and win.
+# Each trial is scored at fifths of its own run, whatever its batch and epochs (transformers reads an eval_steps
+# below 1 as a share of the run, and evaluates the last step too), and reports each evaluation at the fifth it is
+# nearest, so that the pruner compares trials at the same points of their runs (a preset's eval_steps are counted
+# for its own batch). Where the sweep's command line sets any of these keys, its cadence is taken instead.
+FIFTHS = 5
 CADENCE = ["--eval_strategy", "steps", "--eval_steps", "0.2", "--save_strategy", "steps", "--save_steps", "0.2"]
+CADENCE_KEYS = {"eval_strategy", "eval_steps", "save_strategy", "save_steps"}
 RUN_KEYS = ("resume", "overwrite")  # how a command treats its output folder: not a setting of the config
 # What the sweep sets for each trial: its folder and rows, and the checkpoint its score is of.
 SET_BY_SWEEP = (
@@ -235,14 +238,12 @@ class ReportToOptuna(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict, **kw
     ) -> None:
         value = metrics[METRIC]
-        # reported at its rank among the run's evaluations (the base's at step 0 aside), which the trials share
-        # where their steps differ: with CADENCE, the first is at a fifth of every trial's run
-        rank = sum(METRIC in row and row.get("step", 0) > 0 for row in state.log_history)
-        self.trial.report(value, rank)
+        fifth = round(FIFTHS * state.global_step / state.max_steps)  # where trials of other lengths meet
+        self.trial.report(value, fifth)
         if self.trial.should_prune():
             self.pruned = (
-                f"validation macro-F1 {value:.4f} at step {state.global_step} (evaluation {rank}), below the "
-                "completed trials' median there"
+                f"validation macro-F1 {value:.4f} at step {state.global_step} ({fifth}/{FIFTHS} of the run), below "
+                "the completed trials' median there"
             )
             control.should_training_stop = True
 
@@ -445,16 +446,18 @@ def sweep(
     counting those of an interrupted run of the same sweep; returns what to read and run next. `argv` is
     `CONFIG [--key value ...]` as for `finetune train`. The caller holds the output folder (`one_run`)."""
     argv = argv[1:] if argv[:1] == ["--config"] else argv
-    argv = [*argv[:1], *CADENCE, *argv[1:]]
     parser = make_parser()
     argv = [*argv[:1], *installed_flags(argv[1:], parser)]  # the flag names `flag_keys` finds
+    given = set(flag_keys(argv[1:], parser))
+    if not given & CADENCE_KEYS:  # a cadence of the user's own is taken whole
+        argv = [*argv[:1], *CADENCE, *argv[1:]]
     parsed = parse_train_args(argv, parser)
     task_args, sft, _ = parsed
     if sft.eval_strategy == "no":
         raise FinetuneError("finetune sweep scores each trial at its evaluations: set eval_strategy to steps or epoch")
     space_file = yaml_file(search_space, SPACES_DIR, "search space")
     space = load_search_space(space_file, parser)
-    fixed = sorted(set(flag_keys(argv[1:], parser)) & space.keys())
+    fixed = sorted(given & space.keys())
     if fixed:
         raise FinetuneError(f"--{fixed[0]} is searched ({space_file}): drop the flag, or the key from the search space")
     config = given_config(argv, parser, parsed)

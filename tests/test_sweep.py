@@ -81,12 +81,11 @@ def test_a_sweep_writes_every_trial_and_a_best_config_that_trains_as_it_is(
 
 def test_trials_are_evaluated_at_the_same_fifths_of_their_runs(tiny_model_dir: Path, tmp_path: Path) -> None:
     """A preset's eval_steps count steps of its own batch; a trial of another batch or length is evaluated at the
-    fifths of its run instead, and each evaluation reaches Optuna at its rank, where other trials are compared."""
+    fifths of its run instead, and each evaluation reaches Optuna at its fifth, where other trials are compared."""
     out = tmp_path / "sweep"
-    searched = space(tmp_path, "lora_r: {choices: [4]}\n")
-    flags = [flag for flag in sweep_args(tiny_model_dir, out, searched, "--n_trials", "1", "--max_steps", "10")
-             if flag not in ("--eval_steps", "--save_steps", "2")]  # fmt: skip
-    main(flags)
+    main(["sweep", str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(out),
+          "--search_space", str(space(tmp_path, "lora_r: {choices: [4]}\n")), "--n_trials", "1",
+          "--train_limit", "32", "--dev_size", "16", "--max_steps", "10", "--validation_loss", "false"])  # fmt: skip
 
     (trial,) = study(out).trials
     log = json.loads((out / "trial-0" / "train_log.json").read_text())
@@ -98,7 +97,8 @@ def test_trials_are_evaluated_at_the_same_fifths_of_their_runs(tiny_model_dir: P
 def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The second trial's learning rate makes its weights NaN within a step, and a NaN model answers the first label,
     `negative`, which none of these rows has: macro-F1 0 at step 2, below the first trial's, and it stops there. Optuna
-    holds each evaluation at its rank in the run (step 2: the first), where trials of other lengths are compared."""
+    holds each evaluation at the fifth of the run it is nearest (step 2 of 4: the second), where trials of other
+    lengths are compared."""
     rows = [json.loads(line) for line in (DATA_DIR / "train.jsonl").read_text().splitlines()]
     train_file = tmp_path / "mine.jsonl"  # the user's own rows, with another column name
     train_file.write_text("".join(json.dumps({"tweet": r["text"], "label": r["label_text"]}) + "\n" for r in rows[:200]
@@ -114,9 +114,9 @@ def test_a_hopeless_trial_is_pruned_at_its_first_evaluation(tiny_model_dir: Path
 
     first, second = study(out).trials
     assert (first.state, second.state) == (TrialState.COMPLETE, TrialState.PRUNED)
-    assert first.intermediate_values[1] > 0 and second.intermediate_values == {1: 0.0}
+    assert first.intermediate_values[2] > 0 and second.intermediate_values == {2: 0.0}
     assert second.user_attrs["stopped"] == (
-        "validation macro-F1 0.0000 at step 2 (evaluation 1), below the completed trials' median there"
+        "validation macro-F1 0.0000 at step 2 (2/5 of the run), below the completed trials' median there"
     )
     log = json.loads((out / "trial-1" / "train_log.json").read_text())
     assert max(row["step"] for row in log) == 2, "training stopped at the evaluation that pruned it"

@@ -91,6 +91,8 @@ def test_activation_checkpointing_in_either_spelling_reaches_the_installed_trans
     assert getattr(sft, installed) is True and getattr(sft, f"{installed}_kwargs") == {"use_reentrant": False}
     assert getattr(parse_train_args([str(config), f"--{spelling}", "false"])[1], installed) is False
     assert getattr(parse_train_args([str(TINY_CONFIG), f"--{spelling}=true"])[1], installed) is True
+    dashed = f"--{spelling.replace('_', '-')}"  # the parser's other spelling of a flag
+    assert getattr(parse_train_args([str(TINY_CONFIG), dashed, "true"])[1], installed) is True
 
 
 def test_presets_are_found_by_name() -> None:
