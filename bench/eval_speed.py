@@ -84,7 +84,7 @@ def score(lm: HFLM, manager: TaskManager, task: Task, limit: int | None = None, 
     samples = sorted(out["samples"][name], key=lambda sample: sample["doc_id"])
     row["answers"] = [answer(sample["filtered_resps"]) for sample in samples]
     if task.config.output_type == "generate_until":
-        lengths = [len(lm.tok_encode(s["resps"][0][0])) for s in out["samples"][name]]
+        lengths = [len(lm.tok_encode(s["resps"][0][0])) for s in samples]
         cap = out["configs"][name]["generation_kwargs"]["max_gen_toks"]
         row["answer_tokens"] = sum(lengths) / len(lengths)
         row["unended"] = sum(n >= cap for n in lengths) / len(lengths)

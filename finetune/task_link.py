@@ -19,6 +19,11 @@ def lm_eval_task_folder() -> Path:
     return Path(lm_eval.tasks.__file__).parent
 
 
+def task_files() -> list[Path]:
+    """Our YAML files: what `--link` links, and what a linked task folder must hold."""
+    return sorted((tasks_path() / TASK_GROUP).glob("*.yaml"))
+
+
 def linked_folder(root: Path) -> Path:
     """`root/LINK_FOLDER`, refused if something there is not a link of ours (it is never overwritten)."""
     folder = root / LINK_FOLDER
@@ -38,7 +43,7 @@ def link_tasks(root: Path | None = None) -> Path:
     folder = linked_folder(root or lm_eval_task_folder())
     try:
         folder.mkdir(exist_ok=True)
-        for config in sorted((tasks_path() / TASK_GROUP).glob("*.yaml")):
+        for config in task_files():
             link = folder / config.name
             link.unlink(missing_ok=True)
             link.symlink_to(config)
@@ -51,8 +56,7 @@ def is_linked(root: Path | None = None) -> bool:
     """Whether lm-eval's task folder holds a link to each of our YAML files: lm-eval then indexes the task by itself,
     and an `--include_path` of ours would register every task a second time ("overrides existing task" warnings)."""
     folder = (root or lm_eval_task_folder()) / LINK_FOLDER
-    ours = sorted((tasks_path() / TASK_GROUP).glob("*.yaml"))
-    return all((folder / c.name).is_symlink() and (folder / c.name).resolve() == c.resolve() for c in ours)
+    return all((folder / c.name).is_symlink() and (folder / c.name).resolve() == c.resolve() for c in task_files())
 
 
 def include_path(root: Path | None = None) -> str:

@@ -157,8 +157,8 @@ def test_a_trial_value_the_config_refuses_ends_the_sweep_in_one_line_naming_the_
     last = err.strip().splitlines()[-1]
     # then transformers' own reason, worded by its release ("Got warmup_steps = -1.0, Expected value warmup_steps >=
     # 0" in 5.25; "warmup_steps must be an integer or a float" in 5.17)
-    assert last.startswith(f"finetune sweep: error: trial 0 (warmup_steps -1): {TINY_CONFIG}: ")
-    assert "warmup_steps" in last.removeprefix(f"finetune sweep: error: trial 0 (warmup_steps -1): {TINY_CONFIG}: ")
+    prefix = f"finetune sweep: error: trial 0 (warmup_steps -1): {TINY_CONFIG}: "
+    assert last.startswith(prefix) and "warmup_steps" in last.removeprefix(prefix)
     assert "Traceback" not in err
     assert [t.state for t in study(out).trials] == [TrialState.FAIL]
 
