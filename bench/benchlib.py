@@ -355,14 +355,13 @@ NO_QUANT = ["--load_in_4bit", "false", "--use_bnb_nested_quant", "false"]
 
 @dataclass(frozen=True)
 class Variant:
-    """Training arguments on top of a preset, and how many optimizer steps to time (`skip` of them left
-    out of the steady state)."""
+    """Training arguments on top of a preset. `window` (steps, of which the first `skip` are left out of the steady
+    state) is for a variant too slow to time over whole epochs; the others run whole epochs, the first left out."""
 
     preset: str
     args: tuple[str, ...]
-    steps: int
-    skip: int
     about: str
+    window: tuple[int, int] | None = None
 
 
 def big_batch(batch: int) -> tuple[str, ...]:
@@ -391,62 +390,50 @@ VARIANTS_8B: dict[str, Variant] = {
             "--optim",
             "paged_adamw_32bit",
         ),
-        10,
-        2,
         "the seed article's: batch 1 x accumulation 8, checkpointing, paged AdamW, dropout 0.1",
+        (10, 2),  # an epoch is 400 of its steps, about half an hour on an H100: 10 steps, the first 2 left out
     ),
-    "b64": Variant(SEED_PRESET, big_batch(64), 12, 3, "batch 64, no checkpointing, fused AdamW (2026-11-26 best)"),
-    "fast": Variant(SEED_PRESET, fast(128), 14, 4, "batch 128 + length-grouped + Liger + dropout 0"),
-    "fast-b256": Variant(SEED_PRESET, fast(256), 12, 4, "fast at batch 256"),
-    "fast-b64": Variant(SEED_PRESET, fast(64), 14, 4, "fast at batch 64"),
+    "h100": Variant("llama-3.1-8b-qlora-h100", (), "the llama-3.1-8b-qlora-h100 preset as it is in this checkout"),
+    "b64": Variant(SEED_PRESET, big_batch(64), "batch 64, no checkpointing, fused AdamW (2026-11-26 best)"),
+    "fast": Variant(SEED_PRESET, fast(128), "batch 128 + length-grouped + Liger + dropout 0"),
+    "fast-b256": Variant(SEED_PRESET, fast(256), "fast at batch 256"),
+    "fast-b64": Variant(SEED_PRESET, fast(64), "fast at batch 64"),
     "fast-random": Variant(
-        SEED_PRESET, (*fast(128), "--train_sampling_strategy", "random"), 14, 4, "fast without length grouping"
+        SEED_PRESET, (*fast(128), "--train_sampling_strategy", "random"), "fast without length grouping"
     ),
     "fast-tforder": Variant(
         SEED_PRESET,
         (*fast(128), "--balance_length_groups", "false"),
-        14,
-        4,
         "fast in transformers' own length-grouped order (drawn from the global generator, not from seed + epoch)",
     ),
     "fast-rebalance": Variant(
         SEED_PRESET,
         (*fast(128), "--train_sampling_strategy", "batch_rebalance"),
-        14,
-        4,
         "fast with transformers' batch_rebalance sampler (each step's rows split across processes by padded cost)",
     ),
-    "fast-noliger": Variant(SEED_PRESET, (*fast(128), "--use_liger_kernel", "false"), 14, 4, "fast without Liger"),
-    "fast-dropout": Variant(SEED_PRESET, (*fast(128), "--lora_dropout", "0.1"), 14, 4, "fast with dropout 0.1"),
+    "fast-noliger": Variant(SEED_PRESET, (*fast(128), "--use_liger_kernel", "false"), "fast without Liger"),
+    "fast-dropout": Variant(SEED_PRESET, (*fast(128), "--lora_dropout", "0.1"), "fast with dropout 0.1"),
     "fast-padfree": Variant(
         SEED_PRESET,
         (*fast(128), "--train_sampling_strategy", "random", "--padding_free", "true", "--max_length", "None"),
-        14,
-        4,
         "fast, padding-free (one flat sequence, sdpa block-diagonal mask) instead of grouping",
     ),
     "ckpt-b256": Variant(
         SEED_PRESET,
         (*fast(256), "--activation_checkpointing", "true"),
-        12,
-        4,
         "fast at batch 256 with gradient checkpointing (the 16 GB budget)",
     ),
     "ckpt-b192": Variant(
         SEED_PRESET,
         (*fast(192), "--activation_checkpointing", "true"),
-        12,
-        4,
         "fast at batch 192 with gradient checkpointing",
     ),
     "ckpt-b128": Variant(
         SEED_PRESET,
         (*fast(128), "--activation_checkpointing", "true"),
-        14,
-        4,
         "fast at batch 128 with gradient checkpointing",
     ),
-    "fast-compile": Variant(SEED_PRESET, (*fast(128), "--torch_compile", "true"), 16, 6, "fast + torch.compile"),
+    "fast-compile": Variant(SEED_PRESET, (*fast(128), "--torch_compile", "true"), "fast + torch.compile"),
 }
 
 
@@ -458,31 +445,37 @@ def add_tokenizer(folder: Path, tokenizer: str) -> None:
 
 
 def run_variant(
-    name: str, variant: Variant, model_dir: Path, quant: str, profile_dir: Path | None, peak: float
+    name: str, variant: Variant, model_dir: Path, quant: str, profile_dir: Path | None, peak: float, epochs: int
 ) -> Throughput:
-    """One configuration, start to end: build the trainer (model load included), train, measure, free."""
-    steps = variant.steps + (3 if profile_dir else 0)
-    fixed = ["--model_name_or_path", str(model_dir), "--output_dir", tempfile.mkdtemp(prefix="bench-"),
-             "--max_steps", str(steps), "--eval_strategy", "no", "--save_strategy", "no",
-             "--load_best_model_at_end", "false", "--disable_tqdm", "true", "--logging_steps", "1000",
-             "--bf16", "true", "--fp16", "false"]  # fmt: skip
+    """One configuration, start to end: build the trainer (model load included), train, measure, free. Whole
+    epochs unless the variant has a window; a profile covers the last 3 steps (3 more steps in a window)."""
+    steps, skip = variant.window or (-1, 0)
+    extra = 3 if profile_dir else 0
+    length = ["--max_steps", str(steps + extra)] if variant.window else ["--num_train_epochs", str(epochs)]
+    fixed = ["--model_name_or_path", str(model_dir), "--output_dir", tempfile.mkdtemp(prefix="bench-"), *length,
+             "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+             "--disable_tqdm", "true", "--logging_steps", "1000", "--bf16", "true", "--fp16", "false"]  # fmt: skip
     argv = [variant.preset, *fixed, *(NO_QUANT if quant == "bf16" else []), *variant.args]
     task_args, sft, model_args = parse_train_args(argv)
     with restored_modules(modeling_llama):
         trainer = trainer_for(task_args, sft, model_args)
         batches = count_training_batches(trainer)
+        rows = math.ceil(len(trainer.train_dataset) / sft.world_size)  # this process's share of an epoch
+        n_batches = math.ceil(rows / sft.per_device_train_batch_size)
+        if not variant.window:  # the first epoch is left out: compilation, allocator growth, first-seen lengths
+            skip = math.ceil(n_batches / sft.gradient_accumulation_steps)
+            steps = skip * epochs
         timer = StepTimer()
         trainer.add_callback(timer)
         if profile_dir:
-            trainer.add_callback(Profiler(variant.steps, profile_dir / f"profile-{quant}-{name}.txt"))
+            after = steps if variant.window else steps - 3
+            trainer.add_callback(Profiler(after, profile_dir / f"profile-{quant}-{name}.txt"))
         torch.cuda.reset_peak_memory_stats()
         try:
             trainer.train()
-            timer.ends = timer.ends[: variant.steps]
-            n_batches = math.ceil(len(trainer.train_dataset) / sft.per_device_train_batch_size)
+            timer.ends = timer.ends[:steps]
             return summarize(
-                timer, batches, n_batches, sft.gradient_accumulation_steps, variant.skip,
-                counted_params(trainer.model), peak,
-            )  # fmt: skip
+                timer, batches, n_batches, sft.gradient_accumulation_steps, skip, counted_params(trainer.model), peak
+            )
         finally:
             release(trainer)

@@ -16,7 +16,7 @@ The model folder is written once beforehand: `python bench/train_throughput.py -
 import argparse
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import benchlib
@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="the 8B-shaped folder train_throughput.py wrote")
     parser.add_argument("--tokenizer", default="embedded", help="Hub id, folder or `embedded` (SmolLM2's)")
     parser.add_argument("--variant", default="b64", choices=benchlib.VARIANTS_8B)
-    parser.add_argument("--steps", type=int, help="optimizer steps (default: the variant's own)")
-    parser.add_argument("--skip", type=int, help="first steps left out of the steady state (default: the variant's)")
+    parser.add_argument("--epochs", type=int, default=2, help="whole epochs, the first left out")
+    parser.add_argument("--steps", type=int, help="a fixed window of optimizer steps instead of whole epochs")
+    parser.add_argument("--skip", type=int, default=2, help="first steps of a --steps window left out")
     parser.add_argument("--label", default="DDP", help="how the processes share the work, for the RESULT line")
     parser.add_argument("--out", type=Path, help="JSON Lines file the first process appends its row to")
     args, extra = parser.parse_known_args()
@@ -40,10 +41,10 @@ def main() -> None:
     with state.main_process_first():
         benchlib.add_tokenizer(args.model_dir, args.tokenizer)
     v = benchlib.VARIANTS_8B[args.variant]
-    v = benchlib.Variant(
-        v.preset, (*v.args, *extra), args.steps or v.steps, v.skip if args.skip is None else args.skip, v.about
+    v = replace(v, args=(*v.args, *extra), window=(args.steps, args.skip) if args.steps else v.window)
+    result = benchlib.run_variant(
+        args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS, args.epochs
     )
-    result = benchlib.run_variant(args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS)
     ranks = gather_object([asdict(result)])
     if not state.is_main_process:
         return

@@ -2,12 +2,13 @@
 weights are gated; the arithmetic is the same), the seed's training arguments and ours back to back in one
 process on one card, on the pinned 3,200 training rows.
 
-    python bench/train_throughput.py --quant nf4              # case 1: 4-bit nf4 QLoRA
+    python bench/train_throughput.py                          # the seed's arguments and the H100 preset, nf4
     python bench/train_throughput.py --quant bf16             # case 2: plain bf16 LoRA (16 GB of weights)
     python bench/train_throughput.py --quant nf4 --variants seed fast --profile fast
 
-For each variant it prints examples/s and non-padding tokens/s at steady state (the first `skip` optimizer
-steps left out) and end to end, MFU (4N FLOP per token), peak `torch.cuda.max_memory_allocated` and the
+For each variant it prints examples/s and non-padding tokens/s at steady state (over whole epochs, the first
+left out; the seed's arguments, an epoch of which takes half an hour, over a window of 10 steps, the first 2 left
+out) and end to end, MFU (4N FLOP per token), peak `torch.cuda.max_memory_allocated` and the
 padding share of the batches. The first run writes the random model (16 GB) to --model-dir. The variants are
 bench/benchlib.py's `VARIANTS_8B`, which scaleout_train.py runs on several GPUs.
 """
@@ -15,6 +16,7 @@ bench/benchlib.py's `VARIANTS_8B`, which scaleout_train.py runs on several GPUs.
 import argparse
 import os
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import benchlib
@@ -56,11 +58,12 @@ def build_random_model(folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quant", choices=("nf4", "bf16"), default="nf4", help="4-bit nf4 base, or plain bf16")
-    parser.add_argument("--variants", nargs="+", default=["seed", "b64", "fast"], choices=benchlib.VARIANTS_8B)
+    parser.add_argument("--variants", nargs="+", default=["seed", "h100"], choices=benchlib.VARIANTS_8B)
     parser.add_argument("--model-dir", type=Path, default=cache_dir() / "llama-3.1-8b-shape-random")
     parser.add_argument("--tokenizer", default="embedded", help="Hub id, folder or `embedded` (SmolLM2's)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per variant (default: the variant's own)")
-    parser.add_argument("--skip", type=int, help="first steps left out of the steady state (default: the variant's)")
+    parser.add_argument("--epochs", type=int, default=2, help="whole epochs per variant, the first left out")
+    parser.add_argument("--steps", type=int, help="a fixed window of optimizer steps instead of whole epochs")
+    parser.add_argument("--skip", type=int, default=2, help="first steps of a --steps window left out")
     parser.add_argument("--peak-tflops", type=float, default=benchlib.H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--profile", nargs="*", default=[], help="variants to profile 3 extra steps of")
     parser.add_argument("--out", type=Path, help="folder for results JSON and profiles")
@@ -78,13 +81,14 @@ def main() -> None:
     rows = []
     for name in args.variants:
         v = benchlib.VARIANTS_8B[name]
-        v = benchlib.Variant(
-            v.preset, v.args, args.steps or v.steps, v.skip if args.skip is None else args.skip, v.about
-        )
+        if args.steps:
+            v = replace(v, window=(args.steps, args.skip))
         profile_dir = (args.out or Path(".")) if name in args.profile else None
         result, error = None, ""
         try:
-            result = benchlib.run_variant(name, v, args.model_dir, args.quant, profile_dir, args.peak_tflops)
+            result = benchlib.run_variant(
+                name, v, args.model_dir, args.quant, profile_dir, args.peak_tflops, args.epochs
+            )
         except torch.OutOfMemoryError:
             error = "out of memory"
         except Exception as err:  # noqa: BLE001 - one configuration failing must not lose the others' numbers
