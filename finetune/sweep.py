@@ -42,6 +42,7 @@ from finetune.config import (  # noqa: E402
     TaskArguments,
     config_file,
     installed_flags,
+    installed_names,
     make_parser,
     parse_train_args,
     unknown_flags,
@@ -101,16 +102,16 @@ def load_search_space(path: Path, parser: TrlParser) -> dict[str, BaseDistributi
     if not isinstance(document, yaml.MappingNode) or not document.value:
         raise FinetuneError(f"{path}: expected a mapping of config keys to ranges")
     actions = {action.dest: action for action in parser._actions}
-    specs = yaml.safe_load(text)
+    names, specs = installed_names(parser), yaml.safe_load(text)
     space = {}
     for node, _ in document.value:
-        key, where = node.value, f"{path}:{node.start_mark.line + 1}"
+        key, where = names.get(node.value, node.value), f"{path}:{node.start_mark.line + 1}"
         if key not in actions:
             raise FinetuneError(f"{where}: unknown key {unknown_flags([key], parser, prefix='')}")
         if key in SET_BY_SWEEP:
             raise FinetuneError(f"{where}: {key} is set by the sweep for each trial, not searched")
         try:
-            space[key] = distribution(specs[key])
+            space[key] = distribution(specs[node.value])
             check_values(actions[key], space[key])
         except ValueError as err:
             raise FinetuneError(f"{where}: {key}: {' '.join(str(err).split())}") from None

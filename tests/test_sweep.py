@@ -18,9 +18,9 @@ from optuna.trial import TrialState
 
 import finetune.sweep
 from finetune.cli import main
-from finetune.config import parse_train_args
+from finetune.config import installed_names, make_parser, parse_train_args
 from finetune.guard import Diverged
-from finetune.sweep import BEST, DEV, STUDY, STUDY_NAME, TRAIN
+from finetune.sweep import BEST, DEV, STUDY, STUDY_NAME, TRAIN, load_search_space
 from lm_eval_tasks.tweet_sentiment.utils import DATA_DIR
 
 TINY_CONFIG = Path(__file__).parent / "tiny.yaml"
@@ -222,6 +222,15 @@ def test_a_bad_search_space_is_one_line_naming_its_file_and_line(
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1 and said[0].startswith(f"finetune sweep: error: {path}:{line}: {message}")
     assert not (tmp_path / "out").exists(), "refused before anything is written"
+
+
+def test_a_search_space_key_in_either_checkpointing_spelling_is_searched_under_the_installed_one(
+    tmp_path: Path,
+) -> None:
+    parser = make_parser()
+    for other, installed in installed_names(parser).items():
+        searched = load_search_space(space(tmp_path, f"{other}: {{choices: [true, false]}}\n"), parser)
+        assert list(searched) == [installed], "the best config then sets the key the preset's value is parsed into"
 
 
 def test_a_searched_key_given_as_a_flag_and_launch_flags_are_refused(capsys: pytest.CaptureFixture) -> None:
