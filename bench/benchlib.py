@@ -1,6 +1,7 @@
 """The one module the bench scripts share (they never import each other): per-step wall times, the tokens each
 training batch really holds (and the padding around them), MFU, the machine's own matrix-multiply ceiling, and
-the 8B-shaped training variants that train_throughput.py times on one card and scaleout_train.py on several.
+the 8B-shaped training variants that train_throughput.py times on one card and scaleout_train.py on several, and
+`finetune` commands run as a user runs them (margin.py, whole_job.py).
 
 Why a collate-function wrapper and a callback rather than the trainer's logs: `trainer.state.log_history`
 averages over logging windows and counts tokens without padding only since the start, so it cannot give a
@@ -13,6 +14,8 @@ import importlib.metadata
 import itertools
 import json
 import math
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +32,22 @@ from finetune.train import trainer_for
 
 # The benchmark's pinned test rows, generative and multiple-choice: what every adapter of the bench is scored on.
 PINNED = ("tweet_sentiment_gen", "tweet_sentiment_mc")
+
+
+@dataclass
+class Command:
+    code: int
+    wall_s: float
+
+
+def finetune(*args: str, log: Path) -> Command:
+    """`finetune ARGS` in a process of its own, as a user runs it (loading included in its time), its output
+    appended to `log`."""
+    started = time.perf_counter()
+    with log.open("a") as out:
+        code = subprocess.run([sys.executable, "-m", "finetune.cli", *args], stdout=out, stderr=out).returncode
+    return Command(code, round(time.perf_counter() - started, 1))
+
 
 # LoRA on a frozen base: forward 2N, backward through the activations 2N, no gradients for the N frozen
 # weights (the adapters' own FLOPs are ~2% at r=64 and are not counted).

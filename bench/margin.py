@@ -13,12 +13,11 @@ run it stops is scored on the checkpoint it kept, and the table says so.
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from benchlib import finetune
 
 from finetune.config import parse_train_args
 
@@ -38,30 +37,24 @@ class Run:
     error: str = ""
 
 
-def finetune(*args: str, log: Path) -> int:
-    with log.open("a") as out:
-        return subprocess.run([sys.executable, "-m", "finetune.cli", *args], stdout=out, stderr=out).returncode
-
-
 def train_and_score(
     preset: str, run: Run, out: Path, flags: list[str], base_flags: list[str], tasks: list[str], batch_size: int
 ) -> Run:
     folder, log = out / f"x{run.factor:g}-s{run.seed}", out / f"x{run.factor:g}-s{run.seed}.log"
-    started = time.perf_counter()
-    code = finetune("train", preset, *flags, "--learning_rate", f"{run.learning_rate:g}", "--seed", str(run.seed),
-                    "--output_dir", str(folder), "--overwrite", "true", log=log)  # fmt: skip
-    run.wall_s = round(time.perf_counter() - started, 1)
-    run.stopped_by_guard = code == GUARD_EXIT
-    if code not in (0, GUARD_EXIT):
-        run.error = f"train exited {code} (see {log})"
+    trained = finetune("train", preset, *flags, "--learning_rate", f"{run.learning_rate:g}", "--seed", str(run.seed),
+                       "--output_dir", str(folder), "--overwrite", "true", log=log)  # fmt: skip
+    run.wall_s = trained.wall_s
+    run.stopped_by_guard = trained.code == GUARD_EXIT
+    if trained.code not in (0, GUARD_EXIT):
+        run.error = f"train exited {trained.code} (see {log})"
         return run
     history = json.loads((folder / "train_log.json").read_text())
     run.train_runtime_s = next((row["train_runtime"] for row in history if "train_runtime" in row), None)
     report = out / f"report-x{run.factor:g}-s{run.seed}"
-    code = finetune("evaluate", *base_flags, "--adapter", str(folder), "--tasks", *tasks, "--batch_size",
-                    str(batch_size), "--output_dir", str(report), "--overwrite", log=log)  # fmt: skip
-    if code:
-        run.error = f"evaluate exited {code} (see {log})"
+    scored = finetune("evaluate", *base_flags, "--adapter", str(folder), "--tasks", *tasks, "--batch_size",
+                      str(batch_size), "--output_dir", str(report), "--overwrite", log=log)  # fmt: skip
+    if scored.code:
+        run.error = f"evaluate exited {scored.code} (see {log})"
         return run
     results = json.loads((report / "metrics.json").read_text())["results"][folder.name.replace(".", "_")]
     run.macro_f1, run.accuracy = results[tasks[0]]["macro_f1"], results[tasks[0]]["acc"]
