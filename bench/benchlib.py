@@ -472,7 +472,8 @@ def run_variant(
     name: str, variant: Variant, model_dir: Path, quant: str, profile_dir: Path | None, peak: float, epochs: int
 ) -> Throughput:
     """One configuration, start to end: build the trainer (model load included), train, measure, free. Whole
-    epochs unless the variant has a window; a profile covers the last 3 steps (3 more steps in a window)."""
+    epochs unless the variant has a window. A profile covers 3 steps after the timed ones: 3 more than the window,
+    or the last 3 of the last epoch, which the timing then leaves out."""
     steps, skip = variant.window or (-1, 0)
     extra = 3 if profile_dir else 0
     length = ["--max_steps", str(steps + extra)] if variant.window else ["--num_train_epochs", str(epochs)]
@@ -488,12 +489,11 @@ def run_variant(
         n_batches = math.ceil(rows / sft.per_device_train_batch_size)
         if not variant.window:  # the first epoch is left out: compilation, allocator growth, first-seen lengths
             skip = math.ceil(n_batches / sft.gradient_accumulation_steps)
-            steps = skip * epochs
+            steps = skip * epochs - extra
         timer = StepTimer()
         trainer.add_callback(timer)
         if profile_dir:
-            after = steps if variant.window else steps - 3
-            trainer.add_callback(Profiler(after, profile_dir / f"profile-{quant}-{name}.txt"))
+            trainer.add_callback(Profiler(steps, profile_dir / f"profile-{quant}-{name}.txt"))
         torch.cuda.reset_peak_memory_stats()
         try:
             trainer.train()
