@@ -95,11 +95,14 @@ def count_training_batches(trainer) -> BatchLog:
 
 
 class StepTimer(TrainerCallback):
-    """Wall time at the end of each optimizer step, after a device sync so that queued kernels count.
-    An interval that also ran a validation or a checkpoint save is marked, so that pure training time
-    can be told apart from the time a run spends on evaluation and saving."""
+    """Wall time at the end of each optimizer step, after a device sync so that queued kernels count: every step,
+    or only `synced_steps` (the ends of a window), so that the host queues the next step's kernels while the device
+    finishes this one, as in a user's run; the times between those steps are then the host's and only their sums
+    over the window mean anything. An interval that also ran a validation or a checkpoint save is marked, so that
+    pure training time can be told apart from the time a run spends on evaluation and saving."""
 
-    def __init__(self) -> None:
+    def __init__(self, synced_steps: set[int] | None = None) -> None:
+        self.synced_steps = synced_steps
         self.start = 0.0
         self.ends: list[float] = []
         self.busy: list[bool] = []  # interval i (ending at ends[i]) also evaluated or saved
@@ -110,7 +113,8 @@ class StepTimer(TrainerCallback):
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        torch.cuda.synchronize()
+        if self.synced_steps is None or state.global_step in self.synced_steps:
+            torch.cuda.synchronize()
         self.ends.append(time.perf_counter())
         self.busy.append(self._pending)
         self._pending = False
@@ -490,7 +494,7 @@ def run_variant(
         if not variant.window:  # the first epoch is left out: compilation, allocator growth, first-seen lengths
             skip = math.ceil(n_batches / sft.gradient_accumulation_steps)
             steps = skip * epochs - extra
-        timer = StepTimer()
+        timer = StepTimer(synced_steps={skip, steps})  # the steady window's ends; its steps run as a user's do
         trainer.add_callback(timer)
         if profile_dir:
             trainer.add_callback(Profiler(steps, profile_dir / f"profile-{quant}-{name}.txt"))
