@@ -27,7 +27,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from finetune.benchmark import BASE_NAME, TaskError, load_tasks, task_manager
-from finetune.evaluate import active
+from finetune.evaluate import active, environment_recorded
 from finetune.model import base_config, load_model, load_tokenizer
 
 FULL = ("tweet_sentiment_gen_full", "tweet_sentiment_mc_full")
@@ -65,9 +65,10 @@ def score(lm: HFLM, manager: TaskManager, task: Task, limit: int | None = None, 
         torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) if profile else nullcontext() as prof
     ):
         start = time.perf_counter()
-        out = simple_evaluate(
-            model=lm, tasks=[task], task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=True
-        )
+        with environment_recorded(in_files=False):  # as `finetune evaluate` asks, writing no lm-eval files
+            out = simple_evaluate(
+                model=lm, tasks=[task], task_manager=manager, limit=limit, bootstrap_iters=0, log_samples=True
+            )
         sync()
         seconds = time.perf_counter() - start
     if profile:

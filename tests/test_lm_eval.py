@@ -151,6 +151,11 @@ def test_lm_eval_flags_ask_and_answer_every_row_as_lm_eval_with_the_same_flags(
         prompt = rows[0]["arguments"]["gen_args_0"]["arg_0"]
         assert prompt.count("<|user|>") == SHOTS + 1 and prompt.endswith("<|assistant|>"), prompt
         assert len(samples(ours / "base", variant)) == CHAT_ROWS
+    [their_results] = theirs.rglob("results_*.json")
+    environment = json.loads(their_results.read_text())["pretty_env_info"]
+    for name in ("base", "tiny-adapter"):  # the environment, collected once for both, recorded in each as lm-eval does
+        [results] = (ours / name).rglob("results_*.json")
+        assert json.loads(results.read_text())["pretty_env_info"] == environment, name
     metrics = json.loads((report / "metrics.json").read_text())
     asked = {"num_fewshot": SHOTS, "apply_chat_template": True, "fewshot_as_multiturn": True}
     assert metrics["lm_eval_args"] == asked
