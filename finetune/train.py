@@ -1,6 +1,7 @@
 """`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers, with
 checkpoints judged by the benchmark's own measure."""
 
+import functools
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -101,6 +102,9 @@ class BenchmarkSFTTrainer(SFTTrainer):
                 tokenizer=self.processing_class,
                 batch_size=self.args.per_device_eval_batch_size,
             )
+            # every evaluation asks the same requests: encoded once a run, not each time (half of an evaluation's
+            # host time, docs/benchmarks.md "Validation")
+            self._lm.tok_encode = functools.cache(self._lm.tok_encode)
         self.model.eval()
         with self.compute_loss_context_manager():
             self.last_scores = choice_scores(self._lm, self.choices, self.validation_docs, self.args.disable_tqdm)
