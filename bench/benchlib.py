@@ -8,6 +8,7 @@ averages over logging windows and counts tokens without padding only since the s
 steady-state rate with the first (compilation, allocator, autotuning) steps left out, nor a padding share.
 """
 
+import argparse
 import contextlib
 import gc
 import importlib.metadata
@@ -19,12 +20,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 from transformers.models.llama import modeling_llama
+from trl import ModelConfig
 
 from finetune.config import parse_train_args
 from finetune.model import resolve_model
@@ -36,17 +38,25 @@ PINNED = ("tweet_sentiment_gen", "tweet_sentiment_mc")
 
 @dataclass
 class Command:
+    """How a `finetune` command ended, and its wall time with loading."""
+
     code: int
     wall_s: float
 
 
-def finetune(*args: str, log: Path) -> Command:
+def run_finetune(*args: str, log: Path) -> Command:
     """`finetune ARGS` in a process of its own, as a user runs it (loading included in its time), its output
     appended to `log`."""
     started = time.perf_counter()
     with log.open("a") as out:
         code = subprocess.run([sys.executable, "-m", "finetune.cli", *args], stdout=out, stderr=out).returncode
     return Command(code, round(time.perf_counter() - started, 1))
+
+
+def scored_as_trained(model_args: ModelConfig) -> list[str]:
+    """`finetune evaluate`'s flags for the base a training config names, loaded as it was trained (4-bit or not)."""
+    flags = ["--model_name_or_path", model_args.model_name_or_path, "--model_revision", model_args.model_revision]
+    return flags + (["--load_in_4bit"] if model_args.load_in_4bit else [])
 
 
 # LoRA on a frozen base: forward 2N, backward through the activations 2N, no gradients for the N frozen
@@ -372,6 +382,9 @@ def write_kernel_summary(prof: torch.profiler.profile, wall_s: float, path: Path
     path.write_text(text + "\n")
 
 
+EPOCHS = 2  # whole epochs a variant trains by default; the first is left out of the steady state
+WINDOW_SKIP = 2  # steps of a window left out of the steady state
+PROFILED_STEPS = 3  # steps a profile covers, after the timed ones
 SEED_PRESET = "llama-3.1-8b-qlora"
 NO_QUANT = ["--load_in_4bit", "false", "--use_bnb_nested_quant", "false"]
 
@@ -414,7 +427,7 @@ VARIANTS_8B: dict[str, Variant] = {
             "paged_adamw_32bit",
         ),
         "the seed article's: batch 1 x accumulation 8, checkpointing, paged AdamW, dropout 0.1",
-        (10, 2),  # an epoch is 400 of its steps, about half an hour on an H100: 10 steps, the first 2 left out
+        (10, WINDOW_SKIP),  # an epoch is 400 of its steps, about half an hour on an H100
     ),
     "h100": Variant("llama-3.1-8b-qlora-h100", (), "the llama-3.1-8b-qlora-h100 preset as it is in this checkout"),
     "h100-single-quant": Variant(
@@ -465,6 +478,22 @@ VARIANTS_8B: dict[str, Variant] = {
 }
 
 
+def add_window_args(parser: argparse.ArgumentParser) -> None:
+    """How long each variant trains: whole epochs, or a window of steps (the throughput scripts' shared flags)."""
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="whole epochs per variant (2 or more), the first left out"
+    )
+    parser.add_argument("--steps", type=int, help="a fixed window of optimizer steps instead of whole epochs")
+    parser.add_argument("--skip", type=int, default=WINDOW_SKIP, help="first steps of a --steps window left out")
+
+
+def timed_as_asked(variant: Variant, args: argparse.Namespace, parser: argparse.ArgumentParser) -> Variant:
+    """The variant with the window the flags set, if any; an epoch count that would leave no steady state refused."""
+    if args.epochs < 2:
+        parser.error(f"--epochs: at least 2, the first being left out of the steady state (got {args.epochs})")
+    return replace(variant, window=(args.steps, args.skip)) if args.steps else variant
+
+
 def add_tokenizer(folder: Path, tokenizer: str) -> None:
     """`finetune train` reads the tokenizer from the model folder; any tokenizer with ids < 128,256 will do
     (the default, SmolLM2's, gives ~50 tokens a row, like Llama 3.1's)."""
@@ -476,11 +505,11 @@ def run_variant(
     name: str, variant: Variant, model_dir: Path, quant: str, profile_dir: Path | None, peak: float, epochs: int
 ) -> Throughput:
     """One configuration, start to end: build the trainer (model load included), train, measure, free. Whole
-    epochs unless the variant has a window. A profile covers 3 steps after the timed ones: 3 more than the window,
-    or the last 3 of the last epoch, which the timing then leaves out."""
-    steps, skip = variant.window or (-1, 0)
-    extra = 3 if profile_dir else 0
-    length = ["--max_steps", str(steps + extra)] if variant.window else ["--num_train_epochs", str(epochs)]
+    epochs unless the variant has a window; a profile covers PROFILED_STEPS more steps, after the timed ones."""
+    profiled = PROFILED_STEPS if profile_dir else 0
+    length = (
+        ["--max_steps", str(variant.window[0] + profiled)] if variant.window else ["--num_train_epochs", str(epochs)]
+    )
     fixed = ["--model_name_or_path", str(model_dir), "--output_dir", tempfile.mkdtemp(prefix="bench-"), *length,
              "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
              "--disable_tqdm", "true", "--logging_steps", "1000", "--bf16", "true", "--fp16", "false"]  # fmt: skip
@@ -491,9 +520,13 @@ def run_variant(
         batches = count_training_batches(trainer)
         rows = math.ceil(len(trainer.train_dataset) / sft.world_size)  # this process's share of an epoch
         n_batches = math.ceil(rows / sft.per_device_train_batch_size)
-        if not variant.window:  # the first epoch is left out: compilation, allocator growth, first-seen lengths
+        if variant.window:
+            steps, skip = variant.window
+        else:  # the first epoch is left out: compilation, allocator growth, first-seen lengths
             skip = math.ceil(n_batches / sft.gradient_accumulation_steps)
-            steps = skip * epochs - extra
+            steps = skip * epochs
+            if profiled:
+                trainer.args.max_steps = steps + profiled  # past the last epoch, as past a window
         timer = StepTimer(synced_steps={skip, steps})  # the steady window's ends; its steps run as a user's do
         trainer.add_callback(timer)
         if profile_dir:

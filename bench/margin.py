@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchlib import finetune
+from benchlib import run_finetune, scored_as_trained
 
 from finetune.config import parse_train_args
 
@@ -41,8 +41,8 @@ def train_and_score(
     preset: str, run: Run, out: Path, flags: list[str], base_flags: list[str], tasks: list[str], batch_size: int
 ) -> Run:
     folder, log = out / f"x{run.factor:g}-s{run.seed}", out / f"x{run.factor:g}-s{run.seed}.log"
-    trained = finetune("train", preset, *flags, "--learning_rate", f"{run.learning_rate:g}", "--seed", str(run.seed),
-                       "--output_dir", str(folder), "--overwrite", "true", log=log)  # fmt: skip
+    trained = run_finetune("train", preset, *flags, "--learning_rate", f"{run.learning_rate:g}", "--seed",
+                           str(run.seed), "--output_dir", str(folder), "--overwrite", "true", log=log)  # fmt: skip
     run.wall_s = trained.wall_s
     run.stopped_by_guard = trained.code == GUARD_EXIT
     if trained.code not in (0, GUARD_EXIT):
@@ -51,8 +51,8 @@ def train_and_score(
     history = json.loads((folder / "train_log.json").read_text())
     run.train_runtime_s = next((row["train_runtime"] for row in history if "train_runtime" in row), None)
     report = out / f"report-x{run.factor:g}-s{run.seed}"
-    scored = finetune("evaluate", *base_flags, "--adapter", str(folder), "--tasks", *tasks, "--batch_size",
-                      str(batch_size), "--output_dir", str(report), "--overwrite", log=log)  # fmt: skip
+    scored = run_finetune("evaluate", *base_flags, "--adapter", str(folder), "--tasks", *tasks, "--batch_size",
+                          str(batch_size), "--output_dir", str(report), "--overwrite", log=log)  # fmt: skip
     if scored.code:
         run.error = f"evaluate exited {scored.code} (see {log})"
         return run
@@ -92,8 +92,7 @@ def main() -> None:
     args, flags = parser.parse_known_args()
     flags = [flag for flag in flags if flag != "--"]
     _, sft, model_args = parse_train_args([args.preset, *flags])  # its learning rate and base; the flags checked
-    base_flags = ["--model_name_or_path", model_args.model_name_or_path, "--model_revision", model_args.model_revision]
-    base_flags += ["--load_in_4bit"] if model_args.load_in_4bit else []  # scored as trained
+    base_flags = scored_as_trained(model_args)
     out = args.output_dir or Path("runs") / f"margin-{args.preset}"
     out.mkdir(parents=True, exist_ok=True)
     runs = [Run(f, s, sft.learning_rate * f) for f in args.factors for s in args.seeds]

@@ -30,9 +30,7 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="the 8B-shaped folder train_throughput.py wrote")
     parser.add_argument("--tokenizer", default="embedded", help="Hub id, folder or `embedded` (SmolLM2's)")
     parser.add_argument("--variant", default="b64", choices=benchlib.VARIANTS_8B)
-    parser.add_argument("--epochs", type=int, default=2, help="whole epochs, the first left out")
-    parser.add_argument("--steps", type=int, help="a fixed window of optimizer steps instead of whole epochs")
-    parser.add_argument("--skip", type=int, default=2, help="first steps of a --steps window left out")
+    benchlib.add_window_args(parser)
     parser.add_argument("--label", default="DDP", help="how the processes share the work, for the RESULT line")
     parser.add_argument("--out", type=Path, help="JSON Lines file the first process appends its row to")
     args, extra = parser.parse_known_args()
@@ -40,8 +38,8 @@ def main() -> None:
     state = PartialState()
     with state.main_process_first():
         benchlib.add_tokenizer(args.model_dir, args.tokenizer)
-    v = benchlib.VARIANTS_8B[args.variant]
-    v = replace(v, args=(*v.args, *extra), window=(args.steps, args.skip) if args.steps else v.window)
+    v = benchlib.timed_as_asked(benchlib.VARIANTS_8B[args.variant], args, parser)
+    v = replace(v, args=(*v.args, *extra))
     result = benchlib.run_variant(
         args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS, args.epochs
     )

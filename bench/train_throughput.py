@@ -16,7 +16,6 @@ bench/benchlib.py's `VARIANTS_8B`, which scaleout_train.py runs on several GPUs.
 import argparse
 import os
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import benchlib
@@ -61,11 +60,11 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["seed", "h100"], choices=benchlib.VARIANTS_8B)
     parser.add_argument("--model-dir", type=Path, default=cache_dir() / "llama-3.1-8b-shape-random")
     parser.add_argument("--tokenizer", default="embedded", help="Hub id, folder or `embedded` (SmolLM2's)")
-    parser.add_argument("--epochs", type=int, default=2, help="whole epochs per variant, the first left out")
-    parser.add_argument("--steps", type=int, help="a fixed window of optimizer steps instead of whole epochs")
-    parser.add_argument("--skip", type=int, default=2, help="first steps of a --steps window left out")
+    benchlib.add_window_args(parser)
     parser.add_argument("--peak-tflops", type=float, default=benchlib.H100_BF16_DENSE_TFLOPS)
-    parser.add_argument("--profile", nargs="*", default=[], help="variants to profile 3 extra steps of")
+    parser.add_argument(
+        "--profile", nargs="*", default=[], help="variants to profile 3 more steps of, after the timed ones"
+    )
     parser.add_argument("--out", type=Path, help="folder for results JSON and profiles")
     parser.add_argument("--build-only", action="store_true", help="write the random model and exit")
     args = parser.parse_args()
@@ -80,9 +79,7 @@ def main() -> None:
     print("ENV", env, flush=True)
     rows = []
     for name in args.variants:
-        v = benchlib.VARIANTS_8B[name]
-        if args.steps:
-            v = replace(v, window=(args.steps, args.skip))
+        v = benchlib.timed_as_asked(benchlib.VARIANTS_8B[name], args, parser)
         profile_dir = (args.out or Path(".")) if name in args.profile else None
         result, error = None, ""
         try:

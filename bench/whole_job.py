@@ -14,13 +14,49 @@ without it the full split comes from `$TWEET_SENTIMENT_DATA_DIR`, else the Hub. 
 import argparse
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
-from benchlib import finetune
+from benchlib import run_finetune, scored_as_trained
 
 from finetune.config import parse_train_args
 
 SPLITS = {"pinned 300": "tweet_sentiment_gen", "full 3,534": "tweet_sentiment_gen_full"}
+
+
+def run_parts(preset: str, flags: list[str], base: list[str], epochs: str, batch_size: str, out: Path) -> dict:
+    """Each part as its own `finetune` process, in the order a user runs them."""
+    adapter, log = out / "adapter", out / "whole-job.log"
+    parts = {"train": run_finetune("train", preset, *flags, "--num_train_epochs", epochs, "--output_dir",
+                                   str(adapter), "--overwrite", "true", log=log)}  # fmt: skip
+    for split, task in SPLITS.items():
+        parts[f"evaluate base + adapter, {split}"] = run_finetune(
+            "evaluate", *base, "--adapter", str(adapter), "--tasks", task, "--batch_size", batch_size,
+            "--output_dir", str(out / f"report-{task}"), "--overwrite", log=log,
+        )  # fmt: skip
+    return parts
+
+
+def scores(out: Path) -> dict[str, dict]:
+    """Each model's scores on each split, as the parts' reports hold them."""
+    found = {}
+    for task in SPLITS.values():
+        metrics = out / f"report-{task}" / "metrics.json"
+        if metrics.is_file():
+            for model, tasks in json.loads(metrics.read_text())["results"].items():
+                found[f"{model} · {task}"] = tasks[task]
+    return found
+
+
+def table(parts: dict, scored: dict[str, dict], train_log: Path) -> str:
+    history = json.loads(train_log.read_text()) if train_log.is_file() else []
+    lines = ["| part | wall s | exit |", "|---|---|---|"]
+    lines += [f"| {name} | {run.wall_s:.1f} | {run.code} |" for name, run in parts.items()]
+    lines += [f"| whole job | {sum(run.wall_s for run in parts.values()):.1f} | |", ""]
+    lines += [f"`train_runtime` {row['train_runtime']} s" for row in history if "train_runtime" in row]
+    lines += ["", "| model · task | accuracy | macro-F1 | invalid |", "|---|---|---|---|"]
+    lines += [f"| {name} | {s['acc']:.3f} | {s['macro_f1']:.3f} | {s['invalid']:.3f} |" for name, s in scored.items()]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -39,37 +75,12 @@ def main() -> None:
         os.environ["TWEET_SENTIMENT_DATA_DIR"] = str(args.full_data.resolve())
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    adapter, log = out / "adapter", out / "whole-job.log"
-    base = [
-        "--model_name_or_path",
-        model_args.model_name_or_path,
-        *(["--load_in_4bit"] if model_args.load_in_4bit else []),
-    ]
-
-    parts = [("train", finetune("train", args.preset, *flags, "--num_train_epochs", args.num_train_epochs,
-                                "--output_dir", str(adapter), "--overwrite", "true", log=log))]  # fmt: skip
-    for split, task in SPLITS.items():
-        report = out / f"report-{task}"
-        parts.append((f"evaluate base + adapter, {split}", finetune("evaluate", *base, "--adapter", str(adapter),
-                      "--tasks", task, "--batch_size", args.batch_size, "--output_dir", str(report), "--overwrite",
-                      log=log)))  # fmt: skip
-    history = json.loads((adapter / "train_log.json").read_text()) if (adapter / "train_log.json").is_file() else []
-    scores = {}
-    for task in SPLITS.values():
-        metrics = out / f"report-{task}" / "metrics.json"
-        if metrics.is_file():
-            for model, tasks in json.loads(metrics.read_text())["results"].items():
-                scores[f"{model} · {task}"] = tasks[task]
-    lines = ["| part | wall s | exit |", "|---|---|---|"]
-    lines += [f"| {name} | {run.wall_s:.1f} | {run.code} |" for name, run in parts]
-    lines += [f"| whole job | {sum(run.wall_s for _, run in parts):.1f} | |", ""]
-    lines += [f"`train_runtime` {row['train_runtime']} s" for row in history if "train_runtime" in row]
-    lines += ["", "| model · task | accuracy | macro-F1 | invalid |", "|---|---|---|---|"]
-    lines += [f"| {name} | {s['acc']:.3f} | {s['macro_f1']:.3f} | {s['invalid']:.3f} |" for name, s in scores.items()]
-    text = "\n".join(lines)
+    parts = run_parts(args.preset, flags, scored_as_trained(model_args), args.num_train_epochs, args.batch_size, out)
+    scored = scores(out)
+    text = table(parts, scored, out / "adapter" / "train_log.json")
     (out / "whole-job.md").write_text(text + "\n")
-    results = {"parts": {name: vars(run) for name, run in parts}, "scores": scores, "log": str(log)}
-    (out / "whole-job.json").write_text(json.dumps(results, indent=1))
+    record = {"parts": {name: asdict(run) for name, run in parts.items()}, "scores": scored}
+    (out / "whole-job.json").write_text(json.dumps(record, indent=1))
     print(text)
 
 

@@ -64,13 +64,15 @@ def _environment_once(storage: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def environment_recorded(in_files: bool) -> Iterator[None]:
     """`simple_evaluate` records the environment on every call (torch's collect_env: a dozen subprocesses, pip and
-    nvidia-smi among them, ~0.5 s, as long as scoring 300 rows on a GPU). It goes only into lm-eval's own result
-    files: while those are written it is collected once a process (it cannot change within one), else not at all."""
+    nvidia-smi among them, 0.5-0.7 s, as long as scoring 300 rows on a GPU). It goes only into lm-eval's own result
+    files: while those are written it is collected once a process (packages and devices do not change within one),
+    else not at all."""
+    before = lm_eval.evaluator.add_env_info
     lm_eval.evaluator.add_env_info = _environment_once if in_files else lambda storage: None
     try:
         yield
     finally:
-        lm_eval.evaluator.add_env_info = ADD_ENV_INFO
+        lm_eval.evaluator.add_env_info = before
 
 
 def language_model(model: PreTrainedModel | PeftModel, tokenizer, batch_size: int) -> HFLM:

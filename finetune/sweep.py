@@ -110,6 +110,8 @@ def load_search_space(path: Path, parser: TrlParser) -> dict[str, BaseDistributi
             raise FinetuneError(f"{where}: unknown key {unknown_flags([key], parser, prefix='')}")
         if key in SET_BY_SWEEP:
             raise FinetuneError(f"{where}: {key} is set by the sweep for each trial, not searched")
+        if key in space:  # the other spelling of a key given above
+            raise FinetuneError(f"{where}: {node.value} is {key}, searched already")
         try:
             space[key] = distribution(specs[node.value])
             check_values(actions[key], space[key])

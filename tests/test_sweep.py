@@ -17,6 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 import finetune.sweep
+from finetune import FinetuneError
 from finetune.cli import main
 from finetune.config import installed_names, make_parser, parse_train_args
 from finetune.guard import Diverged
@@ -231,6 +232,9 @@ def test_a_search_space_key_in_either_checkpointing_spelling_is_searched_under_t
     for other, installed in installed_names(parser).items():
         searched = load_search_space(space(tmp_path, f"{other}: {{choices: [true, false]}}\n"), parser)
         assert list(searched) == [installed], "the best config then sets the key the preset's value is parsed into"
+        both = space(tmp_path, f"{installed}: {{choices: [true]}}\n{other}: {{choices: [false]}}\n")
+        with pytest.raises(FinetuneError, match=rf"^{both}:2: {other} is {installed}, searched already$"):
+            load_search_space(both, parser)
 
 
 def test_a_searched_key_given_as_a_flag_and_launch_flags_are_refused(capsys: pytest.CaptureFixture) -> None:
