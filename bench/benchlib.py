@@ -478,19 +478,24 @@ VARIANTS_8B: dict[str, Variant] = {
 }
 
 
+def epochs_with_a_steady_one(text: str) -> int:
+    epochs = int(text)
+    if epochs < 2:
+        raise argparse.ArgumentTypeError(f"at least 2, the first being left out of the steady state (got {epochs})")
+    return epochs
+
+
 def add_window_args(parser: argparse.ArgumentParser) -> None:
     """How long each variant trains: whole epochs, or a window of steps (the throughput scripts' shared flags)."""
     parser.add_argument(
-        "--epochs", type=int, default=EPOCHS, help="whole epochs per variant (2 or more), the first left out"
+        "--epochs", type=epochs_with_a_steady_one, default=EPOCHS, help="whole epochs per variant, the first left out"
     )
     parser.add_argument("--steps", type=int, help="a fixed window of optimizer steps instead of whole epochs")
     parser.add_argument("--skip", type=int, default=WINDOW_SKIP, help="first steps of a --steps window left out")
 
 
-def timed_as_asked(variant: Variant, args: argparse.Namespace, parser: argparse.ArgumentParser) -> Variant:
-    """The variant with the window the flags set, if any; an epoch count that would leave no steady state refused."""
-    if args.epochs < 2:
-        parser.error(f"--epochs: at least 2, the first being left out of the steady state (got {args.epochs})")
+def timed_as_asked(variant: Variant, args: argparse.Namespace) -> Variant:
+    """The variant with the window the flags set, if they set one."""
     return replace(variant, window=(args.steps, args.skip)) if args.steps else variant
 
 

@@ -38,7 +38,7 @@ def main() -> None:
     state = PartialState()
     with state.main_process_first():
         benchlib.add_tokenizer(args.model_dir, args.tokenizer)
-    v = benchlib.timed_as_asked(benchlib.VARIANTS_8B[args.variant], args, parser)
+    v = benchlib.timed_as_asked(benchlib.VARIANTS_8B[args.variant], args)
     v = replace(v, args=(*v.args, *extra))
     result = benchlib.run_variant(
         args.variant, v, args.model_dir, "nf4", None, benchlib.H100_BF16_DENSE_TFLOPS, args.epochs

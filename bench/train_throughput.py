@@ -79,7 +79,7 @@ def main() -> None:
     print("ENV", env, flush=True)
     rows = []
     for name in args.variants:
-        v = benchlib.timed_as_asked(benchlib.VARIANTS_8B[name], args, parser)
+        v = benchlib.timed_as_asked(benchlib.VARIANTS_8B[name], args)
         profile_dir = (args.out or Path(".")) if name in args.profile else None
         result, error = None, ""
         try:
