@@ -430,6 +430,11 @@ VARIANTS_8B: dict[str, Variant] = {
         (10, WINDOW_SKIP),  # an epoch is 400 of its steps, about half an hour on an H100
     ),
     "h100": Variant("llama-3.1-8b-qlora-h100", (), "the llama-3.1-8b-qlora-h100 preset as it is in this checkout"),
+    "h100-compile": Variant(
+        "llama-3.1-8b-qlora-h100",
+        ("--torch_compile", "true"),
+        "the H100 preset with torch.compile (compiled in the first epoch, which the steady state leaves out)",
+    ),
     "h100-single-quant": Variant(
         "llama-3.1-8b-qlora-h100",
         ("--use_bnb_nested_quant", "false"),
