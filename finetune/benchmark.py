@@ -2,6 +2,7 @@
 text derived from them; the choice scoring that validation, predict and soup share; the evaluation's result type.
 Every other module reaches the task through what this one returns, never by looking its name up again."""
 
+import functools
 import math
 import shlex
 from dataclasses import dataclass, field, fields
@@ -14,7 +15,7 @@ from datasets.exceptions import DatasetGenerationError
 from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import lm_eval_tasks
 from finetune import FinetuneError, first_line
@@ -100,6 +101,15 @@ def prompt_completion(task: Task, docs: list[dict], limit: int | None = None) ->
         for doc in islice(docs, limit)
     ]
     return datasets.Dataset.from_list(rows)
+
+
+def scoring_lm(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int) -> HFLM:
+    """lm-eval's HFLM over a model instance, which keeps its encodings: the same requests come again (at every
+    evaluation of a training run, for every model of a comparison) and lm-eval encodes each anew each time (~0.6 s
+    of host time for 800 validation rows; docs/benchmarks.md, "Validation")."""
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm.tok_encode = functools.cache(lm.tok_encode)
+    return lm
 
 
 def choice_logliks(lm: HFLM, choices: Task, rows: list[dict], disable_tqdm: bool = False) -> list[list[float]]:

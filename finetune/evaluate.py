@@ -19,7 +19,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 from trl import ModelConfig
 
-from finetune.benchmark import BASE_NAME, Evaluation, LmEvalArgs, task_manager, variant_scores
+from finetune.benchmark import BASE_NAME, Evaluation, LmEvalArgs, scoring_lm, task_manager, variant_scores
 from finetune.launch import process_state
 from finetune.model import load_model, load_tokenizer
 
@@ -79,7 +79,7 @@ def language_model(model: PreTrainedModel | PeftModel, tokenizer, batch_size: in
     """lm-eval's HFLM over a model instance, data parallel over the processes of `accelerate launch`. lm-eval
     spreads rows only over a model it loads itself by name (one per process, so no adapters to swap); given an
     instance it assumes one process, so each process is told its global rank here, as HFLM does for its own."""
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = scoring_lm(model, tokenizer, batch_size)
     if process_state().num_processes > 1:
         accelerator = Accelerator()
         lm.accelerator, lm._rank, lm._world_size = accelerator, accelerator.process_index, accelerator.num_processes

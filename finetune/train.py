@@ -1,7 +1,6 @@
 """`finetune train`: one LoRA / QLoRA run with trl's SFTTrainer on the task's own prompt and answers, with
 checkpoints judged by the benchmark's own measure."""
 
-import functools
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
 from finetune import FinetuneError, first_line
-from finetune.benchmark import Benchmark, choice_scores, load_benchmark
+from finetune.benchmark import Benchmark, choice_scores, load_benchmark, scoring_lm
 from finetune.config import TaskArguments
 from finetune.dataset import DATA_REPORT, TrainingData, training_data, user_tables
 from finetune.guard import Diverged, DivergenceGuard, advice
@@ -97,14 +96,7 @@ class BenchmarkSFTTrainer(SFTTrainer):
         """The model as it is now on the validation rows, answered as `tweet_sentiment_mc` answers (`choice_scores`),
         in eval mode (dropout off) as the loss pass would be; the next training step switches it back."""
         if self._lm is None:  # the wrapper holds the model itself, so it sees every later step's weights
-            self._lm = HFLM(
-                pretrained=self.model,
-                tokenizer=self.processing_class,
-                batch_size=self.args.per_device_eval_batch_size,
-            )
-            # every evaluation asks the same requests: encoded once a run, not each time (half of an evaluation's
-            # host time, docs/benchmarks.md "Validation")
-            self._lm.tok_encode = functools.cache(self._lm.tok_encode)
+            self._lm = scoring_lm(self.model, self.processing_class, self.args.per_device_eval_batch_size)
         self.model.eval()
         with self.compute_loss_context_manager():
             self.last_scores = choice_scores(self._lm, self.choices, self.validation_docs, self.args.disable_tqdm)
