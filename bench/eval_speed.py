@@ -27,7 +27,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from finetune.benchmark import BASE_NAME, TaskError, load_tasks, task_manager
-from finetune.evaluate import active, environment_recorded
+from finetune.evaluate import active, environment_recorded, language_model
 from finetune.model import base_config, load_model, load_tokenizer
 
 FULL = ("tweet_sentiment_gen_full", "tweet_sentiment_mc_full")
@@ -127,12 +127,12 @@ def run_setting(
     tokenizer = load_tokenizer(model_args)
     rows, failed = [], 0
     model = load_model(model_args, {"adapter": adapter} if adapter else None)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
+    lm = language_model(model, tokenizer, setting.batch_size)
     score(lm, manager, warmup, limit=16)  # warm-up: CUDA context, cuBLAS handles, allocator
     for state in [BASE_NAME] + (["adapter"] if adapter else []):
         if state == "adapter" and setting.merged:
             model = model.merge_and_unload()
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=setting.batch_size)
+            lm = language_model(model, tokenizer, setting.batch_size)
         for task_name, task in tasks.items():
             name = state if not setting.merged or state == BASE_NAME else "merged"
             profile = (
