@@ -435,6 +435,16 @@ VARIANTS_8B: dict[str, Variant] = {
         ("--torch_compile", "true"),
         "the H100 preset with torch.compile (compiled in the first epoch, which the steady state leaves out)",
     ),
+    "h100-pad16": Variant(
+        "llama-3.1-8b-qlora-h100",
+        ("--pad_to_multiple_of", "16"),
+        "the H100 preset with batches padded to a multiple of 16 tokens (fewer distinct shapes, a little more padding)",
+    ),
+    "h100-compile-graphs": Variant(
+        "llama-3.1-8b-qlora-h100",
+        ("--torch_compile", "true", "--torch_compile_mode", "reduce-overhead", "--pad_to_multiple_of", "16"),
+        "the H100 preset compiled with CUDA graphs (torch.compile's reduce-overhead), padded to multiples of 16",
+    ),
     "h100-single-quant": Variant(
         "llama-3.1-8b-qlora-h100",
         ("--use_bnb_nested_quant", "false"),
