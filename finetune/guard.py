@@ -63,15 +63,20 @@ class DivergenceGuard(TrainerCallback):
             self.trainer.log({STOPPED: self.reason})
             control.should_training_stop = True
 
-    def message(self, state: TrainerState) -> str:
-        """What happened, and what was kept."""
+    def message(self, state: TrainerState, args: TrainingArguments) -> str:
+        """What happened, and what was kept (best by the run's own `metric_for_best_model`)."""
         best = state.best_model_checkpoint
         kept = (
-            f"kept the best checkpoint ({best.rsplit('/', 1)[-1]}, validation macro-F1 {state.best_metric:.3f})"
+            f"kept the best checkpoint ({best.rsplit('/', 1)[-1]}, {best_by(args)} {state.best_metric:.3f})"
             if best
             else "kept the last weights (no checkpoint was scored)"
         )
         return f"stopped at step {state.global_step} of {state.max_steps}: {self.reason}; {kept} as the adapter"
+
+
+def best_by(args: TrainingArguments) -> str:
+    metric = (args.metric_for_best_model or "loss").removeprefix("eval_")
+    return "validation macro-F1" if metric == "macro_f1" else f"eval_{metric}"
 
 
 def advice(learning_rate: float) -> str:

@@ -279,7 +279,7 @@ def train(
     if replaced is not None:
         shutil.rmtree(replaced.parent)
     if guard is not None and guard.reason is not None:
-        raise Diverged(f"{out}: {guard.message(trainer.state)}", advice(sft.learning_rate))
+        raise Diverged(f"{out}: {guard.message(trainer.state, trainer.args)}", advice(sft.learning_rate))
     return out
 
 

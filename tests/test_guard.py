@@ -130,3 +130,17 @@ def test_the_guard_judges_two_evaluations_in_a_row_against_the_base(
             break
     assert (evaluation if control.should_training_stop else None) == stops_at
     assert (guard.reason is not None) == (stops_at is not None)
+
+
+@pytest.mark.parametrize(
+    ("metric", "named"),
+    [("macro_f1", "validation macro-F1"), ("eval_macro_f1", "validation macro-F1"), ("eval_loss", "eval_loss"),
+     ("loss", "eval_loss")],
+)  # fmt: skip
+def test_the_kept_checkpoint_is_named_with_the_metric_that_picked_it(metric: str, named: str, tmp_path: Path) -> None:
+    """The 8B presets keep the checkpoint of lowest validation loss: its line must not call that loss a macro-F1."""
+    from transformers import TrainingArguments
+
+    from finetune.guard import best_by
+
+    assert best_by(TrainingArguments(output_dir=str(tmp_path), metric_for_best_model=metric)) == named
