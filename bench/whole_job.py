@@ -6,7 +6,8 @@ a table of wall times and scores (and writes whole-job.md / whole-job.json into 
     python bench/whole_job.py [PRESET] [--model_name_or_path BASE] [--full_data DIR] [--output_dir DIR] [-- FLAGS]
 
 PRESET defaults to `llama-3.1-8b-qlora-h100`. Without the gated weights, time the 8B shape on random weights
-(`python bench/train_throughput.py --build-only --model-dir DIR`, then `--model_name_or_path DIR`): the times are
+(`python bench/train_throughput.py --build-only --model-dir DIR`, then `--model_name_or_path DIR -- --divergence_guard
+false`: a random base scores nothing, and the guard stops a run that gets no better than its base): the times are
 the real model's, the scores mean nothing. DIR of `--full_data` holds the source's `test.jsonl` (mteb layout);
 without it the full split comes from `$TWEET_SENTIMENT_DATA_DIR`, else the Hub. FLAGS go to `finetune train`.
 """
