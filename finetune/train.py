@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import EvalLoopOutput
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
+from trl.trainer import utils as trl_utils
 
 from finetune import FinetuneError, first_line
 from finetune.benchmark import Benchmark, choice_scores, load_benchmark, scoring_lm
@@ -155,6 +156,23 @@ def linear_names(model: PreTrainedModel) -> list[str]:
     return sorted(names)
 
 
+def score_answers_only_on_cpu() -> None:
+    """trl's fused LM head scores only the labelled positions (the answer) on CUDA and XPU, and every position
+    elsewhere, so that Neuron compiles one shape; a CPU compiles nothing, and there the full-vocabulary
+    log-probabilities of every prompt position were 60% of a demo step (11.8 -> 4.5 s; docs/benchmarks.md, "CPU").
+    The same arithmetic on fewer rows. trl has no option for it: its device test, read at every forward, is widened
+    to the CPU."""
+    original = trl_utils._use_triton
+    if getattr(original, "widened_to_cpu", False):
+        return
+
+    def compact(device: torch.device) -> bool:
+        return original(device) or device.type == "cpu"
+
+    compact.widened_to_cpu = True
+    trl_utils._use_triton = compact
+
+
 def build_trainer(
     benchmark: Benchmark,
     data: TrainingData,
@@ -165,6 +183,7 @@ def build_trainer(
 ) -> BenchmarkSFTTrainer:
     """An SFTTrainer on the run's prompt-completion pairs: loss on the answer and EOS only; checkpoints also scored
     by validation macro-F1. `model_args` is how the base loads (`loading_args`)."""
+    score_answers_only_on_cpu()
     model = load_model(model_args)
     try:
         trainer = BenchmarkSFTTrainer(

@@ -121,6 +121,23 @@ def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_lo
     assert all(labels[i] == ids[i] for i in answer)
 
 
+def test_on_a_cpu_the_loss_scores_only_the_answer_positions_and_equals_the_full_cross_entropy(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from trl.trainer import utils as trl_utils
+
+    task_args, sft, model_args = parse_train_args(
+        [str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path)]
+    )
+    trainer = trainer_for(task_args, sft, model_args)
+    assert trl_utils._use_triton(torch.device("cpu")), "trl's fused head is told to score the labelled rows only"
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        fused = trainer.compute_loss(trainer.model, dict(batch))
+        full = trainer.model(**batch).loss  # the model's own loss over every position's full logits
+    torch.testing.assert_close(fused, full, rtol=1e-5, atol=1e-6)
+
+
 def test_loss_is_finite_and_falls(tiny_adapter_dir: Path) -> None:
     history = json.loads((tiny_adapter_dir / "train_log.json").read_text())
     losses = [row["loss"] for row in history if "loss" in row]
