@@ -102,13 +102,17 @@ def test_presets_are_found_by_name() -> None:
         parse_train_args(["no-such-preset"])
 
 
-def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_loss(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def tiny_trainer(tiny_model_dir: Path, tmp_path: Path):
+    """The trainer `finetune train tests/tiny.yaml` would run on the tiny model."""
     task_args, sft, model_args = parse_train_args(
         [str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path)]
     )
-    trainer = trainer_for(task_args, sft, model_args)
+    return trainer_for(task_args, sft, model_args)
+
+
+def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_loss(tiny_trainer) -> None:
+    trainer = tiny_trainer
     tokenizer = trainer.processing_class
     doc = load_tasks([TRAIN_TASK])[TRAIN_TASK].training_docs()[0]
     batch = trainer.data_collator([trainer.train_dataset[0]])
@@ -121,15 +125,10 @@ def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_lo
     assert all(labels[i] == ids[i] for i in answer)
 
 
-def test_on_a_cpu_the_loss_scores_only_the_answer_positions_and_equals_the_full_cross_entropy(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_on_a_cpu_the_loss_scores_only_the_answer_positions_and_equals_the_full_cross_entropy(tiny_trainer) -> None:
     from trl.trainer import utils as trl_utils
 
-    task_args, sft, model_args = parse_train_args(
-        [str(TINY_CONFIG), "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path)]
-    )
-    trainer = trainer_for(task_args, sft, model_args)
+    trainer = tiny_trainer
     assert trl_utils._use_triton(torch.device("cpu")), "trl's fused head is told to score the labelled rows only"
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():
