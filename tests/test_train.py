@@ -125,15 +125,24 @@ def test_training_text_is_the_task_prompt_with_only_the_answer_and_eos_in_the_lo
     assert all(labels[i] == ids[i] for i in answer)
 
 
-def test_on_a_cpu_the_loss_scores_only_the_answer_positions_and_equals_the_full_cross_entropy(tiny_trainer) -> None:
+def test_on_a_cpu_the_loss_scores_only_the_answer_positions_and_equals_the_full_cross_entropy(
+    tiny_trainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from trl.trainer import utils as trl_utils
 
-    trainer = tiny_trainer
-    assert trl_utils._use_triton(torch.device("cpu")), "trl's fused head is told to score the labelled rows only"
+    trainer, scored = tiny_trainer, []
+    head = trl_utils._ChunkedLogProbFunction.apply
+
+    def counted(hidden: torch.Tensor, *rest):  # trl's own head, its rows counted
+        scored.append(hidden.shape[0])
+        return head(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counted)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     with torch.no_grad():
         fused = trainer.compute_loss(trainer.model, dict(batch))
         full = trainer.model(**batch).loss  # the model's own loss over every position's full logits
+    assert scored == [int((batch["labels"][:, 1:] != -100).sum())], "the answer and EOS positions, not every position"
     torch.testing.assert_close(fused, full, rtol=1e-5, atol=1e-6)
 
 
